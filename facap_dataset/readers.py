@@ -1,0 +1,176 @@
+"""Readers for the raw releases of DESIGN.md 3.1, each checking the structure it relies on.
+
+Fashion IQ (and enhFashionIQ, which keeps its format):
+  `captions/cap.{cat}.{split}.json`: a JSON list of `{"candidate": ASIN, "target": ASIN, "captions": [str, ...]}`
+  (test entries have no `target`); `image_splits/split.{cat}.{split}.json`: a JSON list of ASINs.
+FACap:
+  `cir_triplets/{cat}_train_triplets.json`: a JSON list of `{"candidate": path, "target": path, "captions": [str]}`;
+  `image_captions/{cat}_train_captions.json`: a JSON object mapping an image path to its stage-1 caption.
+
+Captions are kept exactly as released (empty ones and leading spaces included): the join rule of
+`facap_dataset.captions` decides how they become query text, not the reader.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .errors import DataError, SchemaError
+from .images import encode_jpeg, load_rgb
+
+# Dataset split name -> the name Fashion IQ's files use.
+FASHIONIQ_FILE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
+
+FACAP_TRIPLETS_DIR = "cir_triplets"
+FACAP_CAPTIONS_DIR = "image_captions"
+_FACAP_TRIPLETS_SUFFIX = "_train_triplets.json"
+_FACAP_CAPTIONS_SUFFIX = "_train_captions.json"
+
+
+@dataclass(frozen=True)
+class RawTriplet:
+    """One annotation entry: image keys as released (an ASIN or a path relative to the image root)."""
+
+    reference: str
+    target: str | None
+    captions: tuple[str, ...]
+
+
+def fashioniq_caption_file(folder: Path, category: str, split: str) -> Path:
+    """`folder/cap.{category}.{split}.json`: Fashion IQ's name, also used for enhanced captions."""
+    return Path(folder) / f"cap.{category}.{FASHIONIQ_FILE_SPLITS[split]}.json"
+
+
+def fashioniq_captions_path(raw_dir: Path, category: str, split: str) -> Path:
+    return fashioniq_caption_file(Path(raw_dir) / "captions", category, split)
+
+
+def fashioniq_split_path(raw_dir: Path, category: str, split: str) -> Path:
+    return Path(raw_dir) / "image_splits" / f"split.{category}.{FASHIONIQ_FILE_SPLITS[split]}.json"
+
+
+def facap_triplets_path(raw_dir: Path, category: str) -> Path:
+    return Path(raw_dir) / FACAP_TRIPLETS_DIR / f"{category}{_FACAP_TRIPLETS_SUFFIX}"
+
+
+def facap_captions_path(raw_dir: Path, category: str) -> Path:
+    return Path(raw_dir) / FACAP_CAPTIONS_DIR / f"{category}{_FACAP_CAPTIONS_SUFFIX}"
+
+
+def read_json(path: Path) -> Any:
+    """Parse a JSON annotation file; a missing, empty or malformed file raises a DataError naming it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(f"annotation file not found: {path}") from None
+    except UnicodeDecodeError as err:
+        raise SchemaError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not text.strip():
+        raise SchemaError(f"{path}: the annotation file is empty")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SchemaError(f"{path}: malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+
+
+def _json_list(path: Path, what: str) -> list:
+    data = read_json(path)
+    if not isinstance(data, list):
+        raise SchemaError(f"{path}: expected a JSON list of {what}, found a {type(data).__name__}")
+    if not data:
+        raise SchemaError(f"{path}: the annotation file holds no {what}")
+    return data
+
+
+def _image_key(path: Path, index: int, entry: dict, field: str) -> str:
+    value = entry.get(field)
+    if not isinstance(value, str) or not value:
+        found = "missing" if field not in entry else f"{value!r} (not a non-empty string)"
+        raise SchemaError(f"{path}: entry {index} has no usable {field!r}: {found}")
+    return value
+
+
+def _captions(path: Path, index: int, entry: dict) -> tuple[str, ...]:
+    captions = entry.get("captions")
+    if "captions" not in entry:
+        raise SchemaError(f"{path}: entry {index} has no 'captions'")
+    if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+        raise SchemaError(f"{path}: entry {index} 'captions' must be a non-empty list of strings, found {captions!r}")
+    return tuple(captions)
+
+
+def read_triplets(path: Path, *, target_required: bool) -> list[RawTriplet]:
+    """Read a triplet file in the Fashion IQ / FACap layout (`candidate`, `target`, `captions`).
+
+    `target_required=False` is for Fashion IQ's test split, whose targets are hidden: a target present
+    anyway is kept.
+    """
+    path = Path(path)
+    triplets = []
+    for index, entry in enumerate(_json_list(path, "triplets")):
+        if not isinstance(entry, dict):
+            raise SchemaError(f"{path}: entry {index} is a {type(entry).__name__}, expected an object")
+        reference = _image_key(path, index, entry, "candidate")
+        target = None
+        if target_required or entry.get("target") is not None:
+            target = _image_key(path, index, entry, "target")
+        triplets.append(RawTriplet(reference, target, _captions(path, index, entry)))
+    return triplets
+
+
+def read_image_split(path: Path) -> list[str]:
+    """Read a Fashion IQ gallery file (a JSON list of ASINs), in file order without repeats."""
+    path = Path(path)
+    images = _json_list(path, "image ids")
+    for index, image in enumerate(images):
+        if not isinstance(image, str) or not image:
+            raise SchemaError(f"{path}: entry {index} is {image!r}, expected a non-empty image id string")
+    return list(dict.fromkeys(images))
+
+
+def read_facap_captions(path: Path) -> dict[str, str]:
+    """Read a FACap stage-1 caption file: a JSON object mapping an image path to its long caption."""
+    path = Path(path)
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise SchemaError(f"{path}: expected a JSON object mapping image paths to captions, found a {type(data).__name__}")
+    for image, caption in data.items():
+        if not isinstance(caption, str):
+            raise SchemaError(f"{path}: the caption of {image!r} is {caption!r}, expected a string")
+    return data
+
+
+def discover_facap_categories(raw_dir: Path) -> list[str]:
+    """The categories of a FACap release: one per `cir_triplets/{cat}_train_triplets.json`, sorted."""
+    folder = Path(raw_dir) / FACAP_TRIPLETS_DIR
+    if not folder.is_dir():
+        raise DataError(f"not a FACap release: {folder} does not exist")
+    categories = sorted(p.name[: -len(_FACAP_TRIPLETS_SUFFIX)] for p in folder.glob(f"*{_FACAP_TRIPLETS_SUFFIX}"))
+    if not categories:
+        raise DataError(f"not a FACap release: no *{_FACAP_TRIPLETS_SUFFIX} file in {folder}")
+    return categories
+
+
+def read_image_bytes(path: Path) -> bytes:
+    """The bytes to embed for one raw image, after a full verification decode.
+
+    An 8-bit RGB JPEG is embedded as released (decoding it proved it complete; re-encoding would only
+    lose quality and time). Anything else (CMYK, grayscale, palette, alpha, 16-bit, PNG/WebP/...) is
+    converted to RGB by `images.load_rgb` and embedded as a quality-95 JPEG.
+
+    Raises:
+        FileNotFoundError: the file does not exist (the caller counts missing images).
+        DataError: the file is truncated, corrupt or a decompression bomb (named).
+    """
+    data = Path(path).read_bytes()
+    rgb = load_rgb(data, name=str(path))
+    with Image.open(io.BytesIO(data)) as header:  # safe now: load_rgb has vetted the size and content
+        as_released = header.format == "JPEG" and header.mode == "RGB"
+    return data if as_released else encode_jpeg(rgb)

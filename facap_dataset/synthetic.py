@@ -1,0 +1,317 @@
+"""The synthetic fashion catalogue (DESIGN.md 3.3): `python -m facap_dataset build synthetic --out DIR`.
+
+Per category (dress, shirt, toptee) and split, triplets whose target differs from the reference in 1-3
+attributes, with captions written from that difference (see `synthetic_text`). The validation and test
+galleries are built so that the task needs composition: for every triplet they hold, besides its
+reference and target,
+- `NUM_DISTRACTORS` distractors that have every value the text names but differ from the reference in
+  one or two attributes the text does not mention (text alone cannot tell them from the target), and
+- `NUM_NEAR_COPIES` near-copies of the reference that lack the requested change, wholly or partly
+  (the image alone cannot tell them from the target).
+Every image has its own pose, background and shade, so no two images coincide; image ids are assigned
+after shuffling, so neither ids nor row order reveal an image's role. The train gallery holds the train
+split's references and targets. Test targets are visible (the set is synthetic).
+
+Extra columns: triplets have `reference_attributes`, `target_attributes` (JSON) and `style`
+("fashioniq" or "facap"); galleries have `attributes` (JSON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from datasets import Dataset, DatasetDict, Features, Value
+
+from .errors import DataError
+from .export import DatasetCardInfo, check_destination, write_dataset
+from .images import encode_jpeg
+from .schema import GALLERY_FEATURES, SPLITS, gallery_config, triplet_features
+from .synthetic_attributes import (
+    ATTRIBUTE_NAMES,
+    ATTRIBUTES,
+    CATEGORIES,
+    Attributes,
+    changed_attributes,
+    from_json,
+    to_json,
+)
+from .synthetic_draw import Pose, draw_garment
+from .synthetic_oracle import ORACLES, oracle_recall
+from .synthetic_text import STYLES, SYNTHETIC_VOCABULARY, write_text
+
+__all__ = ["SYNTHETIC_VOCABULARY", "SYNTHETIC_TRIPLET_FEATURES", "SYNTHETIC_GALLERY_FEATURES", "build_synthetic",
+           "generate_synthetic", "add_parser"]
+
+PRETTY_NAME = "FACap synthetic fashion catalogue"
+DEFAULT_NUM_IMAGES = 6000
+DEFAULT_IMAGE_SIZE = 64
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
+NUM_DISTRACTORS = 3
+NUM_NEAR_COPIES = 2
+MAX_CHANGES = 3
+JPEG_QUALITY = 95
+# share of each category's image budget per split; validation/test triplets cost more images (galleries)
+SPLIT_SHARES = {"train": 0.55, "validation": 0.30, "test": 0.15}
+_IMAGES_PER_TRIPLET = {"train": 2, "validation": 2 + NUM_DISTRACTORS + NUM_NEAR_COPIES,
+                       "test": 2 + NUM_DISTRACTORS + NUM_NEAR_COPIES}
+
+SYNTHETIC_TRIPLET_FEATURES = triplet_features(
+    {"reference_attributes": Value("string"), "target_attributes": Value("string"), "style": Value("string")}
+)
+SYNTHETIC_GALLERY_FEATURES = Features({**GALLERY_FEATURES, "attributes": Value("string")})
+
+
+@dataclass
+class _Image:
+    attributes: Attributes
+    pose: Pose
+    image_id: str = ""
+
+
+@dataclass
+class _Split:
+    triplets: list[tuple[_Image, _Image, list[str], str]] = field(default_factory=list)  # ref, target, captions, style
+    gallery: list[_Image] = field(default_factory=list)
+
+
+def triplet_counts(num_images: int) -> dict[str, dict[str, int]]:
+    """category -> split -> number of triplets for a total budget of `num_images` drawn images."""
+    counts = {}
+    for index, category in enumerate(CATEGORIES):
+        budget = num_images // len(CATEGORIES) + (index < num_images % len(CATEGORIES))
+        counts[category] = {s: int(budget * SPLIT_SHARES[s]) // _IMAGES_PER_TRIPLET[s] for s in SPLITS}
+    return counts
+
+
+def minimum_num_images() -> int:
+    """The smallest budget that gives every category at least one triplet in every split."""
+    n = 1
+    while min(c for split_counts in triplet_counts(n).values() for c in split_counts.values()) < 1:
+        n += 1
+    return n
+
+
+def generate_synthetic(
+    *, num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE
+) -> dict[str, DatasetDict]:
+    """The configs (`dress`, ..., `dress-gallery`, ...) as in-memory DatasetDicts; deterministic per seed."""
+    _check_options(num_images, seed, image_size)
+    counts = triplet_counts(num_images)
+    configs = {}
+    for cat_index, category in enumerate(CATEGORIES):
+        triplets, galleries = DatasetDict(), DatasetDict()
+        for split_index, split in enumerate(SPLITS):
+            rng = np.random.default_rng([seed, cat_index, split_index])
+            sampled = _sample_split(rng, category, split, counts[category][split])
+            triplets[split], galleries[split] = _to_datasets(sampled, category, image_size)
+        configs[category] = triplets
+        configs[gallery_config(category)] = galleries
+    return configs
+
+
+def build_synthetic(
+    out_dir: str | Path,
+    *,
+    num_images: int = DEFAULT_NUM_IMAGES,
+    seed: int = 0,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    overwrite: bool = False,
+) -> Path:
+    """Generate the catalogue and write it to `out_dir` (Parquet + dataset card); returns the folder."""
+    _check_options(num_images, seed, image_size)
+    check_destination(out_dir, PRETTY_NAME, overwrite)  # fail before generating, not after
+    configs = generate_synthetic(num_images=num_images, seed=seed, image_size=image_size)
+    options = {"num_images": num_images, "seed": seed, "image_size": image_size}
+    command = (
+        f"python -m facap_dataset build synthetic --out {shlex.quote(str(out_dir))} --num-images {num_images} "
+        f"--seed {seed} --image-size {image_size}"
+    )
+    return write_dataset(out_dir, configs, card=_card(command, options, _difficulty(configs)), overwrite=overwrite)
+
+
+def _difficulty(configs: dict[str, DatasetDict], split: str = "validation") -> str:
+    """A Markdown table of the attribute oracles on `split` (see `synthetic_oracle`)."""
+    rows = ["| category | gallery | " + " | ".join(f"{kind} R@1 / R@10" for kind in ORACLES) + " |",
+            "|---" * (len(ORACLES) + 2) + "|"]
+    for category in CATEGORIES:
+        triplets, gallery = configs[category][split], configs[gallery_config(category)][split]
+        queries = [(c, from_json(r), t) for c, r, t in
+                   zip(triplets["captions"], triplets["reference_attributes"], triplets["target_id"])]
+        by_id = dict(zip(gallery["image_id"], map(from_json, gallery["attributes"])))
+        cells = [oracle_recall(kind, queries, by_id) for kind in ORACLES]
+        rows.append(f"| {category} | {len(by_id)} | "
+                    + " | ".join(f"{c['recall@1']:.1f} / {c['recall@10']:.1f}" for c in cells) + " |")
+    return (
+        f"Expected recall (%) on the {split} split of oracles that rank the gallery by attribute matches "
+        "(ties broken at random): *text* with the values the caption names, *image* with the reference's "
+        "values, *composed* with both. The text oracle staying far below the composed one is what makes "
+        "this a composed retrieval task.\n\n" + "\n".join(rows)
+    )
+
+
+def _check_options(num_images: int, seed: int, image_size: int) -> None:
+    minimum = minimum_num_images()
+    if num_images < minimum:
+        raise DataError(
+            f"--num-images {num_images} is too small to form triplets: every category needs one in each of "
+            f"{', '.join(SPLITS)}, which takes at least {minimum} images"
+        )
+    if not MIN_IMAGE_SIZE <= image_size <= MAX_IMAGE_SIZE:
+        raise DataError(f"--image-size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels")
+    if seed < 0:
+        raise DataError(f"--seed {seed} must be a non-negative integer")
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+def _sample_split(rng: np.random.Generator, category: str, split: str, num_triplets: int) -> _Split:
+    out = _Split()
+    with_hard_negatives = split != "train"
+    for _ in range(num_triplets):
+        reference = _Image(_random_attributes(rng), _random_pose(rng))
+        num_changes = int(rng.integers(1, MAX_CHANGES + 1))
+        changed = [str(name) for name in rng.choice(ATTRIBUTE_NAMES, size=num_changes, replace=False)]
+        target = _Image(_change(reference.attributes, changed, rng), _random_pose(rng))
+        style = STYLES[int(rng.integers(len(STYLES)))]
+        captions = write_text(reference.attributes, target.attributes, category, style, rng)
+        out.triplets.append((reference, target, captions, style))
+        out.gallery += [reference, target]
+        if with_hard_negatives:
+            out.gallery += [_Image(_distractor(reference.attributes, target.attributes, rng), _random_pose(rng))
+                            for _ in range(NUM_DISTRACTORS)]
+            out.gallery += [_Image(_near_copy(reference.attributes, target.attributes, rng), _random_pose(rng))
+                            for _ in range(NUM_NEAR_COPIES)]
+    order = rng.permutation(len(out.gallery))
+    out.gallery = [out.gallery[i] for i in order]
+    for number, image in enumerate(out.gallery):  # ids follow the shuffled order: they leak no role
+        image.image_id = f"syn-{category}-{split}-{number:06d}"
+    return out
+
+
+def _random_attributes(rng: np.random.Generator) -> Attributes:
+    return {name: str(rng.choice(values)) for name, values in ATTRIBUTES.items()}
+
+
+def _change(attributes: Attributes, names, rng: np.random.Generator) -> Attributes:
+    """A copy of `attributes` with each attribute of `names` set to another value."""
+    changed = dict(attributes)
+    for name in names:
+        changed[name] = str(rng.choice([v for v in ATTRIBUTES[name] if v != attributes[name]]))
+    return changed
+
+
+def _distractor(reference: Attributes, target: Attributes, rng: np.random.Generator) -> Attributes:
+    """Has every value the text names, but differs from the reference (and target) elsewhere."""
+    unchanged = [name for name in ATTRIBUTE_NAMES if reference[name] == target[name]]
+    names = rng.choice(unchanged, size=int(rng.integers(1, min(2, len(unchanged)) + 1)), replace=False)
+    return _change(target, names, rng)
+
+
+def _near_copy(reference: Attributes, target: Attributes, rng: np.random.Generator) -> Attributes:
+    """The reference with none or only part of the requested change applied."""
+    changed = changed_attributes(reference, target)
+    applied = rng.choice(changed, size=int(rng.integers(0, len(changed))), replace=False)
+    return {**reference, **{name: target[name] for name in applied}}
+
+
+def _random_pose(rng: np.random.Generator) -> Pose:
+    tint = rng.integers(190, 236)
+    return Pose(
+        scale=float(rng.uniform(0.95, 1.15)),
+        shift=(float(rng.uniform(-0.04, 0.04)), float(rng.uniform(-0.04, 0.04))),
+        angle=float(rng.uniform(-7.0, 7.0)),
+        background=tuple(int(np.clip(tint + d, 0, 255)) for d in rng.integers(-12, 13, size=3)),
+        shade=tuple(int(d) for d in rng.integers(-12, 13, size=3)),
+        pattern_phase=int(rng.integers(4)),
+    )
+
+
+# ------------------------------------------------------------------------------------------ datasets
+
+def _to_datasets(split: _Split, category: str, image_size: int) -> tuple[Dataset, Dataset]:
+    encoded = {id(image): {"bytes": _render(image, category, image_size), "path": None} for image in split.gallery}
+    triplets = {
+        "reference_id": [r.image_id for r, *_ in split.triplets],
+        "target_id": [t.image_id for _, t, *_ in split.triplets],
+        "captions": [captions for *_, captions, _ in split.triplets],
+        "category": [category] * len(split.triplets),
+        "reference_image": [encoded[id(r)] for r, *_ in split.triplets],
+        "target_image": [encoded[id(t)] for _, t, *_ in split.triplets],
+        "reference_attributes": [to_json(r.attributes) for r, *_ in split.triplets],
+        "target_attributes": [to_json(t.attributes) for _, t, *_ in split.triplets],
+        "style": [style for *_, style in split.triplets],
+    }
+    gallery = {
+        "image_id": [image.image_id for image in split.gallery],
+        "category": [category] * len(split.gallery),
+        "image": [encoded[id(image)] for image in split.gallery],
+        "attributes": [to_json(image.attributes) for image in split.gallery],
+    }
+    return (Dataset.from_dict(triplets, features=SYNTHETIC_TRIPLET_FEATURES),
+            Dataset.from_dict(gallery, features=SYNTHETIC_GALLERY_FEATURES))
+
+
+def _render(image: _Image, category: str, image_size: int) -> bytes:
+    return encode_jpeg(draw_garment(category, image.attributes, image.pose, image_size), quality=JPEG_QUALITY)
+
+
+def _card(build_command: str, options: dict, difficulty: str) -> DatasetCardInfo:
+    attribute_list = "\n".join(f"- `{name}`: {', '.join(values)}" for name, values in ATTRIBUTES.items())
+    return DatasetCardInfo(
+        pretty_name=PRETTY_NAME,
+        description=(
+            "A procedural fashion catalogue for composed image retrieval, drawn with Pillow: dresses, shirts "
+            "and tops/tees with attributes, triplets whose target differs from the reference in 1-3 "
+            "attributes, and modification texts written from that difference in Fashion IQ's style (two "
+            "short relative captions) and FACap's style (one detailed sentence). Validation and test "
+            f"galleries hold, per triplet, {NUM_DISTRACTORS} distractors that match everything the text "
+            f"names but differ from the reference elsewhere and {NUM_NEAR_COPIES} near-copies of the "
+            "reference lacking the requested change, so neither text nor image alone finds the target."
+        ),
+        source="Generated by `facap_dataset.synthetic`; no external data or images are used.",
+        license="apache-2.0",
+        build_command=build_command,
+        options=options,
+        extra_sections={
+            "Attributes": attribute_list + "\n\nExtra columns: triplets have `reference_attributes`, "
+            "`target_attributes` (JSON) and `style` (`fashioniq` or `facap`); galleries have `attributes` "
+            "(JSON). Test targets are visible.",
+            "Difficulty": difficulty,
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "synthetic",
+        help="generate the synthetic fashion catalogue (seconds, no downloads)",
+        description="Generate the synthetic fashion catalogue as a dataset folder (Parquet + dataset card).",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
+    parser.add_argument("--num-images", type=int, default=DEFAULT_NUM_IMAGES,
+                        help=f"images to draw in total, over categories and splits (default {DEFAULT_NUM_IMAGES})")
+    parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal datasets")
+    parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
+                        help=f"image side in pixels (default {DEFAULT_IMAGE_SIZE}; 224 for BLIP-2-sized models)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another dataset")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    start = time.perf_counter()
+    out = build_synthetic(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
+                          overwrite=args.overwrite)
+    seconds = time.perf_counter() - start
+    counts = triplet_counts(args.num_images)
+    drawn = sum(c[s] * _IMAGES_PER_TRIPLET[s] for c in counts.values() for s in SPLITS)
+    print(f"wrote {out} in {seconds:.1f} s ({drawn} images, {drawn / seconds:.0f} images/s)")
+    for category, split_counts in counts.items():
+        print(f"  {category}: " + ", ".join(f"{s} {n} triplets" for s, n in split_counts.items()))
+    return 0

@@ -1,0 +1,47 @@
+"""FashionBLIP-2 for fashion composed image retrieval. Importing this package registers the Auto classes for
+`model_type="fashionblip2"`; saved folders also load without it through `trust_remote_code=True`.
+
+This `__init__` is not part of the remote code: only the flat modules it imports are copied next to the weights.
+"""
+
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
+from .configuration_fashionblip2 import MATCHING_MODES, PRESETS, FashionBlip2Config
+from .modeling_fashionblip2 import (
+    CheckpointError,
+    ContrastiveLoss,
+    FashionBlip2Model,
+    FashionBlip2Output,
+    FashionBlip2PreTrainedModel,
+    gather_with_grad,
+)
+from .processing_fashionblip2 import (
+    FASHIONIQ_TARGET_PAD_RATIO,
+    FashionBlip2Processor,
+    build_wordpiece_vocab,
+    target_pad,
+)
+
+AutoConfig.register(FashionBlip2Config.model_type, FashionBlip2Config, exist_ok=True)
+AutoModel.register(FashionBlip2Config, FashionBlip2Model, exist_ok=True)
+AutoProcessor.register(FashionBlip2Config, FashionBlip2Processor, exist_ok=True)
+# `save_pretrained` then writes `auto_map` and copies the flat modules, so the folder loads without this package.
+FashionBlip2Config.register_for_auto_class()
+FashionBlip2Model.register_for_auto_class("AutoModel")
+FashionBlip2Processor.register_for_auto_class("AutoProcessor")
+
+__all__ = [
+    "CheckpointError",
+    "ContrastiveLoss",
+    "FASHIONIQ_TARGET_PAD_RATIO",
+    "FashionBlip2Config",
+    "FashionBlip2Model",
+    "FashionBlip2Output",
+    "FashionBlip2PreTrainedModel",
+    "FashionBlip2Processor",
+    "MATCHING_MODES",
+    "PRESETS",
+    "build_wordpiece_vocab",
+    "gather_with_grad",
+    "target_pad",
+]

@@ -1,0 +1,166 @@
+"""Exact conversion from a transformers Blip2ForImageTextRetrieval checkpoint (tiny and random, built here): the
+proof that a real Salesforce/blip2-itm-vit-g converts correctly."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from modeling_fashionblip2 import CheckpointError, FashionBlip2Model
+
+ATOL = 1e-5
+NEW_PARTS = ("adapters.", "matching_head.token_mix.", "temperature")
+
+
+@pytest.fixture(scope="module")
+def blip2(tiny_blip2_config, tmp_path_factory):
+    """A random tiny Blip2ForImageTextRetrieval saved to a folder: (model, folder)."""
+    from transformers import Blip2ForImageTextRetrieval
+
+    torch.manual_seed(0)
+    model = Blip2ForImageTextRetrieval(tiny_blip2_config).eval()
+    with torch.no_grad():  # transformers starts the query tokens at zero; random ones make the test sharper
+        model.query_tokens.normal_(std=0.5)
+    folder = tmp_path_factory.mktemp("blip2_itm")
+    model.save_pretrained(folder)
+    return model, folder
+
+
+@pytest.fixture(scope="module")
+def batch(tiny_processor):
+    torch.manual_seed(1)
+    text = tiny_processor(text=["is red with long sleeves", "has stripes and a v neck instead of a round neck"])
+    return {"pixel_values": torch.randn(2, 3, 32, 32), **text}
+
+
+@pytest.fixture(scope="module")
+def converted(blip2):
+    return FashionBlip2Model.from_blip2(blip2[1], output_loading_info=True)
+
+
+@pytest.fixture(scope="module")
+def converted_max(blip2):
+    return FashionBlip2Model.from_blip2(blip2[1], matching="max")
+
+
+def test_vision_features_equal_blip2_with_adapters_at_init(blip2, converted, batch):  # (a)
+    model, info = converted
+    with torch.no_grad():
+        expected = blip2[0].vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
+        actual = model.get_image_features(batch["pixel_values"])
+    assert len(model.adapters) == model.config.vision_config.num_hidden_layers
+    torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
+
+
+def test_candidate_branch_equals_blip2_itc_image_pass(blip2, converted, batch):  # (b)
+    captured = []
+    handle = blip2[0].qformer.register_forward_hook(lambda module, args, output: captured.append(output))
+    try:
+        with torch.no_grad():
+            blip2[0](**batch, use_image_text_matching_head=False)
+    finally:
+        handle.remove()
+    image_pass = captured[0].last_hidden_state  # ITC: first the query-only image pass, then the text pass
+    with torch.no_grad():
+        actual = converted[0].encode_candidate(batch["pixel_values"])
+    assert actual.shape == image_pass.shape
+    torch.testing.assert_close(actual, image_pass, atol=ATOL, rtol=0)
+
+
+def test_query_branch_equals_blip2_itm_pass(blip2, converted, batch):  # (c)
+    with torch.no_grad():
+        itm = blip2[0](**batch, use_image_text_matching_head=True).text_model_output.last_hidden_state
+        actual = converted[0].encode_query(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+    torch.testing.assert_close(actual, itm, atol=ATOL, rtol=0)
+
+
+def test_max_matching_reproduces_blip2_itc_similarity(blip2, converted_max, batch):  # (d)
+    blip2_model = blip2[0]
+    with torch.no_grad():
+        itc = blip2_model(**batch, use_image_text_matching_head=False)
+        candidates = converted_max.get_candidate_embeddings(batch["pixel_values"])
+        scores = converted_max.score(itc.text_embeds, candidates)
+        # The query side is defined alike too: ITC's text projection of the fused text [CLS] of the ITM pass.
+        itm_states = blip2_model(**batch, use_image_text_matching_head=True).text_model_output.last_hidden_state
+        fused = torch.nn.functional.normalize(
+            blip2_model.text_projection(itm_states[:, blip2_model.config.num_query_tokens]), dim=-1
+        )
+        queries = converted_max.get_query_embeddings(**batch)
+    torch.testing.assert_close(candidates, itc.image_embeds, atol=ATOL, rtol=0)
+    torch.testing.assert_close(scores, itc.logits_per_text, atol=ATOL, rtol=0)
+    torch.testing.assert_close(queries, fused, atol=ATOL, rtol=0)
+
+
+def test_only_new_parts_start_fresh(blip2, converted):
+    model, info = converted
+    assert info["missing_keys"], "the adapters and TokenMix are new"
+    assert all(key.startswith(NEW_PARTS) for key in info["missing_keys"]), info["missing_keys"]
+    assert info["dropped_keys"] == ["itm_head.bias", "itm_head.weight", "text_projection.bias", "text_projection.weight"]
+    torch.testing.assert_close(model.matching_head.channel_mix.weight, blip2[0].vision_projection.weight)
+    assert model.config.freeze_vision and not any(p.requires_grad for p in model.vision_model.parameters())
+
+
+def test_converted_model_saves_and_reloads(converted, batch, tmp_path):
+    from transformers import AutoModel
+
+    converted[0].save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(
+            reloaded.get_query_embeddings(**batch), converted[0].get_query_embeddings(**batch), atol=0, rtol=0
+        )
+
+
+def _copy_checkpoint(source, target, *, drop_prefix=None, extra=None, config_edit=None):
+    target.mkdir()
+    state = load_file(source / "model.safetensors")
+    if drop_prefix:
+        state = {k: v for k, v in state.items() if not k.startswith(drop_prefix)}
+    state.update(extra or {})
+    save_file(state, target / "model.safetensors")
+    config = json.loads((source / "config.json").read_text())
+    if config_edit:
+        config_edit(config)
+    (target / "config.json").write_text(json.dumps(config))
+    return target
+
+
+def test_checkpoint_without_text_embeddings_names_what_is_missing(blip2, tmp_path):
+    folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", drop_prefix="embeddings.")
+    with pytest.raises(CheckpointError, match=r"not a BLIP-2 retrieval checkpoint: it lacks 2 tensors.*embeddings\."):
+        FashionBlip2Model.from_blip2(folder)
+
+
+def test_checkpoint_with_unknown_tensors_is_refused(blip2, tmp_path):
+    extra = {"language_projection.weight": torch.zeros(2, 2)}
+    folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", extra=extra)
+    with pytest.raises(CheckpointError, match="language_projection.weight"):
+        FashionBlip2Model.from_blip2(folder)
+
+
+def test_generation_checkpoint_without_text_input_is_refused(blip2, tmp_path):
+    def no_text_input(config):
+        config["qformer_config"]["use_qformer_text_input"] = False
+
+    folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", config_edit=no_text_input)
+    with pytest.raises(CheckpointError, match="use_qformer_text_input=False"):
+        FashionBlip2Model.from_blip2(folder)
+
+
+def test_non_blip2_checkpoint_is_refused(blip2, tmp_path):
+    def bert(config):
+        config["model_type"] = "bert"
+
+    folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", config_edit=bert)
+    with pytest.raises(CheckpointError, match="'bert' checkpoint, not BLIP-2"):
+        FashionBlip2Model.from_blip2(folder)
+
+
+def test_pickle_only_checkpoint_is_refused(blip2, tmp_path):
+    folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt")
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="only safetensors"):
+        FashionBlip2Model.from_blip2(folder)

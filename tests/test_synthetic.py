@@ -1,0 +1,202 @@
+"""The synthetic catalogue: real properties of the generated data, determinism, loading, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import pyarrow.parquet as pq
+import pytest
+from datasets import load_dataset
+
+from facap_dataset.cli import main
+from facap_dataset.errors import DataError
+from facap_dataset.export import read_card_data
+from facap_dataset.schema import FASHIONIQ_CATEGORIES, SPLITS, gallery_config
+from facap_dataset.synthetic import (
+    DEFAULT_NUM_IMAGES,
+    NUM_DISTRACTORS,
+    NUM_NEAR_COPIES,
+    PRETTY_NAME,
+    SYNTHETIC_GALLERY_FEATURES,
+    SYNTHETIC_TRIPLET_FEATURES,
+    SYNTHETIC_VOCABULARY,
+    build_synthetic,
+    generate_synthetic,
+    minimum_num_images,
+    triplet_counts,
+)
+from facap_dataset.synthetic_attributes import ATTRIBUTE_NAMES, ATTRIBUTES, COLOURS, changed_attributes
+from facap_dataset.synthetic_oracle import oracle_recall
+from facap_dataset.synthetic_text import parse_text
+
+
+def _rows(directory, config, split):
+    files = sorted((directory / config).glob(f"{split}-*.parquet"))
+    return [row for f in files for row in pq.read_table(f).to_pylist()]
+
+
+def _all_rows(directory):
+    return {
+        (config, split): _rows(directory, config, split)
+        for category in FASHIONIQ_CATEGORIES
+        for config in (category, gallery_config(category))
+        for split in SPLITS
+    }
+
+
+@pytest.fixture(scope="module")
+def rows(synthetic_dir):
+    return _all_rows(synthetic_dir)
+
+
+def test_attribute_space_is_rich_enough():
+    assert len(COLOURS) >= 10 and len(ATTRIBUTES["pattern"]) >= 4
+    assert {"colour", "pattern", "sleeve", "length", "neckline"} <= set(ATTRIBUTE_NAMES)
+
+
+def test_loads_offline_with_exact_features(synthetic_dir, tmp_path):
+    cache = str(tmp_path / "cache")
+    dress = load_dataset(str(synthetic_dir), "dress", cache_dir=cache)
+    assert set(dress) == set(SPLITS)
+    assert dress["validation"].features == SYNTHETIC_TRIPLET_FEATURES
+    assert dress["validation"].num_rows == triplet_counts(300)["dress"]["validation"]
+    gallery = load_dataset(str(synthetic_dir), "shirt-gallery", split="validation", cache_dir=cache)
+    assert gallery.features == SYNTHETIC_GALLERY_FEATURES
+    streamed = next(iter(load_dataset(str(synthetic_dir), "toptee", split="train", streaming=True)))
+    assert streamed["reference_image"].size == (32, 32) and streamed["target_image"].mode == "RGB"
+    assert streamed["category"] == "toptee"
+
+
+def test_text_names_exactly_the_attribute_difference(rows):
+    styles = set()
+    for (config, _), table in rows.items():
+        if config.endswith("-gallery"):
+            continue
+        for row in table:
+            reference, target = json.loads(row["reference_attributes"]), json.loads(row["target_attributes"])
+            changed = changed_attributes(reference, target)
+            assert 1 <= len(changed) <= 3
+            assert parse_text(row["captions"]) == {name: target[name] for name in changed}, row["captions"]
+            assert len(row["captions"]) == {"fashioniq": 2, "facap": 1}[row["style"]]
+            if row["style"] == "fashioniq" and len(changed) == 1:  # two annotators, two phrasings
+                assert row["captions"][0] != row["captions"][1]
+            styles.add(row["style"])
+            assert row["category"] == config
+    assert styles == {"fashioniq", "facap"}
+
+
+def test_captions_vary_and_stay_in_the_vocabulary(rows):
+    captions = [c for (config, _), table in rows.items() if not config.endswith("-gallery")
+                for row in table for c in row["captions"]]
+    tokens = {t for c in captions for t in re.findall(r"[a-z]+|[.,]", c.lower())}
+    assert tokens <= set(SYNTHETIC_VOCABULARY)
+    assert all(w == w.lower() for w in SYNTHETIC_VOCABULARY)
+    colour_phrasings = {re.sub(r"\b(" + "|".join(COLOURS) + r")\b", "<c>", c) for c in captions if " colour" in c
+                        or c.startswith("is ")}
+    assert len(colour_phrasings) > 5  # templates and synonyms, not one fixed code
+    assert len(set(captions)) > 0.5 * len(captions)
+
+
+def test_splits_are_disjoint_and_no_two_images_coincide(rows):
+    for category in FASHIONIQ_CATEGORIES:
+        ids = [{r["image_id"] for r in rows[(gallery_config(category), split)]} for split in SPLITS]
+        assert all(ids) and not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
+    digests = [hashlib.sha256(r["image"]["bytes"]).hexdigest()
+               for (config, _), table in rows.items() if config.endswith("-gallery") for r in table]
+    assert len(digests) == len(set(digests))
+
+
+def test_galleries_hold_references_and_targets_with_their_attributes(rows):
+    for category in FASHIONIQ_CATEGORIES:
+        for split in SPLITS:
+            gallery = {r["image_id"]: r for r in rows[(gallery_config(category), split)]}
+            for row in rows[(category, split)]:
+                for role in ("reference", "target"):
+                    image = gallery[row[f"{role}_id"]]
+                    assert image["image"]["bytes"] == row[f"{role}_image"]["bytes"]
+                    assert image["attributes"] == row[f"{role}_attributes"]
+
+
+def test_validation_and_test_galleries_need_composition(rows):
+    for category in FASHIONIQ_CATEGORIES:
+        for split in ("validation", "test"):
+            gallery = [(r["image_id"], json.loads(r["attributes"])) for r in rows[(gallery_config(category), split)]]
+            for row in rows[(category, split)]:
+                reference, target = json.loads(row["reference_attributes"]), json.loads(row["target_attributes"])
+                changed = changed_attributes(reference, target)
+                unchanged = [a for a in ATTRIBUTE_NAMES if a not in changed]
+                distractors = [i for i, a in gallery if i != row["target_id"]
+                               and all(a[n] == target[n] for n in changed)
+                               and any(a[n] != reference[n] for n in unchanged)]
+                near_copies = [i for i, a in gallery if i != row["reference_id"]
+                               and all(a[n] == reference[n] for n in unchanged)
+                               and not all(a[n] == target[n] for n in changed)]
+                assert len(distractors) >= NUM_DISTRACTORS and len(near_copies) >= NUM_NEAR_COPIES
+
+
+def test_default_build_meets_the_gallery_and_oracle_targets():
+    counts = triplet_counts(DEFAULT_NUM_IMAGES)
+    configs = generate_synthetic(image_size=16)  # default counts; tiny images keep the test fast
+    for category in FASHIONIQ_CATEGORIES:
+        gallery = configs[gallery_config(category)]["validation"]
+        assert gallery.num_rows >= 500
+        triplets = configs[category]["validation"]
+        assert triplets.num_rows == counts[category]["validation"]
+        queries = [(c, json.loads(r), t) for c, r, t in
+                   zip(triplets["captions"], triplets["reference_attributes"], triplets["target_id"])]
+        by_id = dict(zip(gallery["image_id"], map(json.loads, gallery["attributes"])))
+        text = oracle_recall("text", queries, by_id)["recall@1"]
+        composed = oracle_recall("composed", queries, by_id)["recall@1"]
+        assert text < 25.0 and composed > 80.0, (category, text, composed)
+
+
+def test_deterministic_for_a_seed(tmp_path, rows):
+    first = build_synthetic(tmp_path / "a", num_images=300, seed=0, image_size=32)
+    assert _all_rows(first) == rows  # the conftest fixture used the same options
+    other = generate_synthetic(num_images=300, seed=1, image_size=32)
+    assert other["dress"]["validation"]["captions"] != [r["captions"] for r in rows[("dress", "validation")]]
+
+
+def test_too_few_images(tmp_path, capsys):
+    minimum = minimum_num_images()
+    assert all(n >= 1 for counts in triplet_counts(minimum).values() for n in counts.values())
+    with pytest.raises(DataError, match=f"--num-images {minimum - 1} is too small.*at least {minimum}"):
+        build_synthetic(tmp_path / "out", num_images=minimum - 1)
+    assert main(["build", "synthetic", "--out", str(tmp_path / "out"), "--num-images", "10"]) == 2
+    assert capsys.readouterr().err.startswith("error: --num-images 10 is too small")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["build", "synthetic", "--out", str(blocker / "ds"), "--num-images", "150"]) == 2
+    assert "not writable" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_out_holding_a_different_dataset(tmp_path, capsys, synthetic_dir):
+    out = tmp_path / "ds"
+    (out / "dress").mkdir(parents=True)
+    card = (synthetic_dir / "README.md").read_text().replace(PRETTY_NAME, "Fashion IQ")
+    (out / "README.md").write_text(card)
+    args = ["build", "synthetic", "--out", str(out), "--num-images", "150", "--image-size", "16"]
+    assert main(args) == 2
+    assert "holds a different dataset ('Fashion IQ'" in capsys.readouterr().err
+    assert read_card_data(out).pretty_name == "Fashion IQ"
+
+    assert main([*args, "--overwrite"]) == 0
+    assert read_card_data(out).pretty_name == PRETTY_NAME
+    assert "--num-images 150" in (out / "README.md").read_text()
+    assert main(args) == 0  # rebuilding the same dataset in place needs no --overwrite
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"), [("--image-size", "8", "outside"), ("--seed", "-1", "non-negative")]
+)
+def test_bad_options(tmp_path, capsys, option, value, message):
+    assert main(["build", "synthetic", "--out", str(tmp_path / "ds"), option, value]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,281 @@
+"""train_accelerate.py: options, data pipeline, a full tiny run and the bad inputs of issue 5."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import train_accelerate as ta
+from train_checkpoint import TrainerState, list_checkpoints, prune_checkpoints, resolve_resume, CheckpointError
+from train_data import EpochShuffleSampler, TripletDataset, choose_caption, load_training_triplets
+
+CONFIGS = "dress,shirt,toptee"
+
+
+def tiny_argv(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
+    """A tiny-preset run on the synthetic fixture (81 train triplets, 32 px); `extra` options override."""
+    return [
+        "--dataset", str(dataset), "--configs", CONFIGS, "--model", "tiny", "--output-dir", str(output_dir),
+        "--batch-size", "8", "--max-steps", "4", "--learning-rate", "1e-3", "--adapter-learning-rate", "1e-3",
+        "--num-workers", "0", "--logging-steps", "1", "--save-steps", "2", "--eval-batch-size", "32",
+        "--eval-k-values", "1,5,10", *extra,
+    ]  # fmt: skip
+
+
+def run_main(argv: list[str], capsys) -> tuple[int, str]:
+    code = ta.main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def finished_run(synthetic_dir, tmp_path_factory) -> Path:
+    """One complete tiny run with evaluation, checkpoints, pruning and TensorBoard; tests only read it."""
+    output_dir = tmp_path_factory.mktemp("train") / "run"
+    argv = tiny_argv(synthetic_dir, output_dir, "--max-steps", "6", "--eval-steps", "3", "--save-total-limit", "2",
+                     "--report-to", "tensorboard")  # fmt: skip
+    assert ta.main(argv) == 0
+    return output_dir
+
+
+# ------------------------------------------------------------------------------------------------ options
+def test_config_file_supplies_options_and_command_line_wins(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("dataset: data/a\nconfigs: [dress, shirt]\nmodel: tiny\noutput-dir: out\nmax_steps: 7\n"
+                      "learning-rate: 0.001\nreport_to: tensorboard\n")  # fmt: skip
+    args = ta.parse_args(["--config", str(config), "--max-steps", "9"])
+    assert args.dataset == ["data/a"] and args.configs == ["dress", "shirt"] and args.output_dir == Path("out")
+    assert args.max_steps == 9 and args.learning_rate == 1e-3 and args.report_to == "tensorboard"
+
+    as_json = tmp_path / "train.json"
+    as_json.write_text(json.dumps({"dataset": ["a", "b"], "configs": "dress", "init_from": "runs/x", "output_dir": "o"}))
+    args = ta.parse_args(["--config", str(as_json)])
+    assert args.dataset == ["a", "b"] and args.configs == ["dress"] and args.init_from == Path("runs/x")
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("dataset: a\nlearning_rat: 1\n", "unknown option 'learning_rat'"),
+        ("report_to: mlflow\n", "'mlflow' is not one of"),
+        ("- just\n- a list\n", "expected a mapping"),
+    ],
+)
+def test_config_file_errors_name_the_culprit(tmp_path, capsys, content, message):
+    config = tmp_path / "bad.yaml"
+    config.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        ta.parse_args(["--config", str(config)])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--max-steps", "5", "--num-epochs", "1"], "not both"),
+        (["--init-from", "x"], "exactly one of --model and --init-from"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--warmup-ratio", "1.5"], "--warmup-ratio"),
+    ],
+)
+def test_bad_option_combinations(tmp_path, capsys, extra, message):
+    with pytest.raises(SystemExit):
+        ta.parse_args(tiny_argv(tmp_path, tmp_path / "out", *extra))
+    assert message in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- data
+def test_caption_augmentation_uses_the_shared_join_rule():
+    pair = ["is red ", "has long sleeves."]
+    rng = random.Random(0)
+    seen = {choose_caption(pair, "all", "fashioniq", rng) for _ in range(200)}
+    assert seen == {"Is red and has long sleeves", "Has long sleeves and is red", "is red", "has long sleeves."}
+    seen = {choose_caption(pair, "both-orders", "fashioniq", rng) for _ in range(100)}
+    assert seen == {"Is red and has long sleeves", "Has long sleeves and is red"}
+    assert choose_caption(pair, "none", "fashioniq", rng) == "Is red and has long sleeves"
+    assert choose_caption(["  a single FACap sentence "], "all", "fashioniq", rng) == "a single FACap sentence"
+
+
+def test_examples_are_a_pure_function_of_seed_epoch_and_index(synthetic_dir):
+    table = load_training_triplets([str(synthetic_dir)], CONFIGS.split(",")).table
+    first, second = TripletDataset(table, seed=3), TripletDataset(table, seed=3)
+    indices = list(range(len(table)))
+    texts = [example["text"] for example in first.__getitems__(indices)]
+    assert texts == [example["text"] for example in second.__getitems__(indices)]
+    second.set_epoch(1)
+    assert texts != [example["text"] for example in second.__getitems__(indices)]  # augmentation varies by epoch
+    example = first[0]
+    assert example["reference"].mode == "RGB" and example["target"].size == (32, 32)
+
+    sampler = EpochShuffleSampler(len(table), seed=3)
+    epoch0 = list(sampler)
+    assert sorted(epoch0) == indices and list(sampler) == epoch0
+    sampler.set_epoch(1)
+    assert list(sampler) != epoch0
+
+
+def test_optimizer_groups_and_schedule():
+    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model
+
+    model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny"))
+    args = ta.parse_args(["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o",
+                          "--learning-rate", "1e-4", "--adapter-learning-rate", "1e-3", "--weight-decay", "0.1"])  # fmt: skip
+    optimizer = ta.build_optimizer(model, args)
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = {group["name"]: group for group in optimizer.param_groups}
+    adapter_names = {names[id(p)] for p in groups["adapters"]["params"] + groups["adapters-no-decay"]["params"]}
+    assert any(n.startswith("adapters.") for n in adapter_names) and any("token_mix" in n for n in adapter_names)
+    assert all(n.startswith(("adapters.", "matching_head.")) for n in adapter_names)
+    assert groups["adapters"]["lr"] == 1e-3 and groups["qformer"]["lr"] == 1e-4
+    no_decay = {names[id(p)] for p in groups["qformer-no-decay"]["params"]}
+    assert "query_tokens" in no_decay and "temperature" in no_decay and groups["qformer-no-decay"]["weight_decay"] == 0
+    trainable = sum(1 for p in model.parameters() if p.requires_grad)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == trainable
+
+    plan = ta.RunPlan(num_processes=1, train_size=100, batches_per_epoch=10, global_batch_size=10, total_steps=100,
+                      warmup_steps=10)  # fmt: skip
+    scheduler = ta.build_scheduler(optimizer, plan)
+    rates = []
+    for _ in range(100):
+        rates.append(optimizer.param_groups[0]["lr"] / groups[optimizer.param_groups[0]["name"]]["initial_lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == 0 and rates[5] == pytest.approx(0.5) and rates[10] == pytest.approx(1.0)
+    assert rates[55] == pytest.approx(0.5, abs=0.02) and rates[-1] < 0.01
+
+
+# --------------------------------------------------------------------------------------------- a full run
+def test_run_writes_models_metrics_checkpoints_and_logs(finished_run):
+    resolved = json.loads((finished_run / "args.json").read_text())
+    assert resolved["args"]["max_steps"] == 6 and resolved["plan"]["total_steps"] == 6
+    assert resolved["plan"]["global_batch_size"] == 8 and len(resolved["train_sources"]) == 3
+
+    records = [json.loads(line) for line in (finished_run / "metrics.jsonl").read_text().splitlines()]
+    train_steps = [r["step"] for r in records if "train/loss" in r]
+    eval_records = [r for r in records if "eval/average" in r]
+    assert train_steps == [1, 2, 3, 4, 5, 6] and [r["step"] for r in eval_records] == [3, 6]
+    assert all(0 <= r["eval/average"]["recall@10"] <= 100 for r in eval_records)
+    assert {"eval/dress", "eval/shirt", "eval/toptee"} <= set(eval_records[0])
+
+    # --save-total-limit 2 kept the newest two of checkpoints 2, 4, 6; no temporary folder is left behind.
+    assert [p.name for p in list_checkpoints(finished_run)] == ["checkpoint-4", "checkpoint-6"]
+    assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
+    state = TrainerState.read(finished_run / "checkpoints" / "checkpoint-6")
+    assert state.global_step == 6 and state.batches_seen == 6 and state.best_step in (3, 6)
+    best_mean = max(r["eval/average"]["mean"] for r in eval_records)
+    assert state.best_metric == pytest.approx(best_mean)
+    assert list((finished_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file"
+
+
+def test_saved_models_load_with_remote_code(finished_run, synthetic_dir):
+    from transformers import AutoModel, AutoProcessor
+
+    from facap_dataset.images import load_rgb
+
+    for name in ("final", "best"):
+        folder = finished_run / name
+        assert (folder / "modeling_fashionblip2.py").is_file()
+        model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
+        processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+        triplets = load_training_triplets([str(synthetic_dir)], ["dress"]).table
+        row = triplets[0]
+        batch = processor(images=[load_rgb(row["reference_image"]["bytes"])], text=[row["captions"][0]])
+        with torch.no_grad():
+            query = model.get_query_embeddings(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        assert query.shape == (1, model.config.embedding_dim) and torch.isfinite(query).all()
+
+
+def test_init_from_a_run_folder_fine_tunes_its_best_model(finished_run, synthetic_dir, tmp_path, capsys):
+    argv = tiny_argv(synthetic_dir, tmp_path / "finetune", "--max-steps", "1", "--no-eval")
+    argv[argv.index("--model"):argv.index("--model") + 2] = ["--init-from", str(finished_run)]
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert (tmp_path / "finetune" / "final" / "config.json").is_file()
+    with pytest.raises(ta.TrainingError, match="neither a saved FashionBLIP-2 folder"):
+        ta.resolve_init_from(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_output_dir_holding_a_run_is_refused_unless_overwrite(finished_run, synthetic_dir, tmp_path, capsys):
+    code, err = run_main(tiny_argv(synthetic_dir, finished_run), capsys)
+    assert code == 2 and f"--output-dir {finished_run} already holds a run" in err and "--overwrite" in err
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    (other / "metrics.jsonl").write_text('{"step": 99}\n')
+    code, err = run_main(tiny_argv(synthetic_dir, other, "--max-steps", "1", "--no-eval", "--overwrite"), capsys)
+    assert code == 0, err
+    assert (other / "notes.txt").read_text() == "keep me"  # only run artifacts are replaced
+    assert [json.loads(line)["step"] for line in (other / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+@pytest.mark.parametrize(
+    "configs, message",
+    [
+        ("dress,skirt", "unknown dataset config 'skirt'"),
+        ("dress-gallery", "lacks the triplet column(s) captions, reference_image, target_image"),
+    ],
+)
+def test_unusable_dataset_configs(synthetic_dir, tmp_path, capsys, configs, message):
+    argv = tiny_argv(synthetic_dir, tmp_path / "out")
+    argv[argv.index("--configs") + 1] = configs
+    code, err = run_main(argv, capsys)
+    assert code == 2 and message in err
+
+
+def test_empty_train_split_and_batch_larger_than_the_data(synthetic_dir, tmp_path, capsys):
+    import datasets
+
+    from facap_dataset.export import DatasetCardInfo, write_dataset
+
+    dress = datasets.load_dataset(str(synthetic_dir), "dress")
+    empty = write_dataset(
+        tmp_path / "empty",
+        {"dress": datasets.DatasetDict(train=dress["train"].select([]), validation=dress["validation"])},
+        card=DatasetCardInfo(pretty_name="empty", description="", source="", license="other", build_command=""),
+    )
+    code, err = run_main(tiny_argv(empty, tmp_path / "a"), capsys)
+    assert code == 2 and "'train' split" in err and "is empty" in err
+
+    code, err = run_main(tiny_argv(synthetic_dir, tmp_path / "b", "--batch-size", "200"), capsys)
+    assert code == 2 and "--batch-size 200 x 1 process(es) = 200 exceeds the 81 training triplets" in err
+
+
+def test_resume_needs_a_checkpoint(finished_run, synthetic_dir, tmp_path, capsys):
+    code, err = run_main(tiny_argv(synthetic_dir, tmp_path / "fresh", "--resume-from-checkpoint", "latest"), capsys)
+    assert code == 2 and "no checkpoint in" in err
+    code, err = run_main(tiny_argv(synthetic_dir, tmp_path / "x", "--resume-from-checkpoint", str(tmp_path)), capsys)
+    assert code == 2 and "is not a training checkpoint" in err
+    with pytest.raises(CheckpointError, match="no such folder"):
+        resolve_resume(str(tmp_path / "missing"), tmp_path)
+    # A different global batch would resume at the wrong data position.
+    argv = tiny_argv(synthetic_dir, tmp_path / "y", "--batch-size", "4", "--resume-from-checkpoint",
+                     str(finished_run / "checkpoints" / "checkpoint-4"))  # fmt: skip
+    code, err = run_main(argv, capsys)
+    assert code == 2 and "global batch of 8 examples per step, this run uses 4" in err
+
+
+def test_latest_ignores_interrupted_saves_and_pruning_keeps_the_newest(tmp_path):
+    for step in (3, 10, 7):
+        folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.json").write_text(TrainerState(global_step=step).to_json())
+    (tmp_path / "checkpoints" / ".tmp-checkpoint-12").mkdir()  # a save killed half-way
+    assert resolve_resume("latest", tmp_path).name == "checkpoint-10"
+    assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["checkpoint-3"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-7", "checkpoint-10"]
+
+
+def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synthetic_dir, tmp_path, capsys):
+    # An absurd learning rate overflows the weights after the first update: the second loss is NaN.
+    output_dir = tmp_path / "nan"
+    argv = tiny_argv(synthetic_dir, output_dir, "--learning-rate", "1e30", "--adapter-learning-rate", "1e30",
+                     "--save-steps", "1", "--warmup-steps", "0", "--no-eval")  # fmt: skip
+    code, err = run_main(argv, capsys)
+    assert code == 1
+    assert "error: the loss is nan at step 2" in err and f"last good checkpoint is {output_dir}" in err
+    assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1"] and not (output_dir / "final").exists()

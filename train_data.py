@@ -1,0 +1,213 @@
+"""Training data for `train_accelerate.py`: built dataset folders -> triplets -> processor batches.
+
+The pieces are deterministic functions of (seed, epoch, example index), never of a random state that lives
+in a worker process, so that a run resumed from a checkpoint sees exactly the batches and captions that
+an uninterrupted run would have seen, on any number of DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Iterator, Sequence
+
+import datasets
+import torch
+from PIL import Image
+
+from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
+from facap_dataset.errors import DataError, SchemaError
+from facap_dataset.images import load_rgb
+
+# The columns training reads (DESIGN.md 3.2); anything else a dataset carries is dropped before mixing.
+TRIPLET_COLUMNS = ("captions", "reference_image", "target_image")
+# Caption augmentation modes: `none` joins with --caption-join; `both-orders` picks one of the two orderings
+# of a Fashion IQ caption pair; `all` also allows either caption alone.
+CAPTION_AUGMENTATIONS = ("all", "both-orders", "none")
+
+
+@dataclass(frozen=True)
+class TrainingTriplets:
+    """The mixed training split and where each part came from (for the run summary and args.json)."""
+
+    table: datasets.Dataset
+    sources: tuple[str, ...]  # "DATASET:CONFIG (N triplets)" per part
+
+    def texts(self) -> list[str]:
+        """Every caption of the split, for building a tokenizer vocabulary."""
+        return [caption for captions in self.table["captions"] for caption in captions]
+
+
+def load_training_triplets(datasets_: Sequence[str], configs: Sequence[str], split: str = "train") -> TrainingTriplets:
+    """Load `split` of every requested config of every dataset and concatenate them.
+
+    Each config must exist in at least one dataset; a config that a dataset lacks is simply not taken from
+    it (so FACap and Fashion IQ folders can be mixed with `--configs dress,shirt,toptee,...`).
+    """
+    available = {name: set(datasets.get_dataset_config_names(name)) for name in datasets_}
+    for config in configs:
+        if not any(config in names for names in available.values()):
+            listing = "; ".join(f"{name}: {', '.join(sorted(names))}" for name, names in available.items())
+            raise DataError(f"unknown dataset config {config!r} (available configs: {listing})")
+    parts, sources = [], []
+    for name in datasets_:
+        for config in configs:
+            if config not in available[name]:
+                continue
+            part = _load_split(name, config, split)
+            parts.append(part)
+            sources.append(f"{name}:{config} ({len(part)} triplets)")
+    table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    if len(table) == 0:
+        raise DataError(f"the {split!r} split of {', '.join(sources)} is empty")
+    return TrainingTriplets(table=table, sources=tuple(sources))
+
+
+def _load_split(name: str, config: str, split: str) -> datasets.Dataset:
+    loaded = datasets.load_dataset(name, config)
+    if split not in loaded:
+        raise DataError(f"dataset {name!r} config {config!r} has no {split!r} split (splits: {', '.join(loaded)})")
+    part = loaded[split]
+    missing = [column for column in TRIPLET_COLUMNS if column not in part.column_names]
+    if missing:
+        raise SchemaError(
+            f"dataset {name!r} config {config!r} lacks the triplet column(s) {', '.join(missing)} "
+            f"(it has {', '.join(part.column_names)}); is it a gallery config?"
+        )
+    part = part.select_columns(list(TRIPLET_COLUMNS))
+    # Keep the encoded bytes: decoding happens in the DataLoader workers through the one safe decoder.
+    for column in ("reference_image", "target_image"):
+        part = part.cast_column(column, datasets.Image(decode=False))
+    return part
+
+
+def choose_caption(captions: Sequence[str], augmentation: str, join_rule: str, rng: random.Random) -> str:
+    """The query text of one training example: an augmented variant or the deterministic join."""
+    if augmentation == "none" or len(captions) < 2:
+        return join_captions(captions, join_rule)
+    variants = list(join_captions(captions, "both-orders"))
+    if augmentation == "all":
+        variants += [join_captions(captions, "first"), join_captions(captions, "second")]
+    return rng.choice(variants)
+
+
+class TripletDataset(torch.utils.data.Dataset):
+    """Map-style view of the training triplets returning decoded images and the augmented query text.
+
+    The caption variant of example `i` in epoch `e` is drawn from `Random(f"{seed}-{e}-{i}")`; the epoch
+    is set by Accelerate's `DataLoaderShard.set_epoch` before each epoch's iterator (and its workers)
+    is created.
+    """
+
+    def __init__(
+        self,
+        table: datasets.Dataset,
+        *,
+        seed: int,
+        caption_augmentation: str = "all",
+        caption_join: str = "fashioniq",
+    ):
+        if caption_augmentation not in CAPTION_AUGMENTATIONS:
+            raise ValueError(f"unknown caption augmentation {caption_augmentation!r}")
+        if caption_join not in CAPTION_JOIN_RULES or caption_join == "both-orders":
+            raise ValueError(f"caption join rule {caption_join!r} does not give one query text")
+        self.table = table
+        self.seed = seed
+        self.caption_augmentation = caption_augmentation
+        self.caption_join = caption_join
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        # One Arrow read per batch instead of one per example.
+        rows = self.table[indices]
+        return [
+            {
+                "reference": self._image(rows["reference_image"][k], index),
+                "target": self._image(rows["target_image"][k], index),
+                "text": choose_caption(
+                    rows["captions"][k],
+                    self.caption_augmentation,
+                    self.caption_join,
+                    random.Random(f"{self.seed}-{self.epoch}-{index}"),
+                ),
+            }
+            for k, index in enumerate(indices)
+        ]
+
+    def _image(self, encoded: dict, index: int) -> Image.Image:
+        if encoded is None:
+            raise DataError(f"training triplet {index} has no image (a test split with hidden targets?)")
+        return load_rgb(encoded["bytes"], name=encoded.get("path") or f"triplet {index}")
+
+
+class EpochShuffleSampler(torch.utils.data.Sampler[int]):
+    """A fresh permutation per epoch, a pure function of (seed, epoch).
+
+    Accelerate shards its batches across processes and calls `set_epoch`; resuming skips the batches
+    already consumed in the current epoch, so no example is repeated or skipped.
+    """
+
+    def __init__(self, size: int, seed: int):
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        yield from torch.randperm(self.size, generator=generator).tolist()
+
+
+class TripletCollator:
+    """Processor call in the DataLoader workers: a list of examples -> model keyword tensors."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        count = len(examples)
+        encoded = self.processor(
+            images=[example["reference"] for example in examples] + [example["target"] for example in examples],
+            text=[example["text"] for example in examples],
+            return_tensors="pt",
+        )
+        pixel_values = encoded["pixel_values"]
+        return {
+            "reference_pixel_values": pixel_values[:count],
+            "target_pixel_values": pixel_values[count:],
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+        }
+
+
+def build_dataloader(
+    dataset: TripletDataset, processor, *, batch_size: int, seed: int, num_workers: int
+) -> torch.utils.data.DataLoader:
+    """Fixed-size shuffled batches (drop_last: the contrastive labels need equal batches on every process)."""
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=EpochShuffleSampler(len(dataset), seed),
+        collate_fn=TripletCollator(processor),
+        num_workers=num_workers,
+        drop_last=True,
+        persistent_workers=False,  # workers must be re-forked each epoch to see the new epoch number
+        # Each new iterator draws its workers' base seed from this generator rather than from the global
+        # torch RNG, which therefore advances only with the model's own randomness (dropout) and resumes exactly.
+        generator=torch.Generator().manual_seed(seed),
+        prefetch_factor=4 if num_workers else None,
+    )
