@@ -1,6 +1,6 @@
 """Interactive composed image retrieval demo: a Gradio app over an indexed catalogue.
 
-    python app.py --model DIR_OR_ID --dataset DIR_OR_ID [--config dress-gallery] [--index FILE]
+    python app.py --model DIR_OR_ID --dataset DIR_OR_ID [--config dress-gallery] [--index [CONFIG=]DIR]
 
 Pick a reference image from the catalogue (or upload one), type a modification text and see the top-k
 catalogue images with their scores. Each gallery config is indexed once: a saved `CIRIndex` given with
@@ -64,8 +64,8 @@ class AppError(RuntimeError):
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default=DEFAULT_MODEL, help="saved FashionBLIP-2 dir or hub id")
-    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="built dataset dir or hub id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="saved FashionBLIP-2 dir or hub id (default: %(default)s)")
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help="built dataset dir or hub id (default: %(default)s)")
     parser.add_argument(
         "--config",
         action="append",
@@ -82,13 +82,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         metavar="[CONFIG=]DIR",
         help="a saved CIRIndex folder to search instead of encoding the gallery; CONFIG= is needed with several configs",
     )
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where built indexes are cached")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="gallery embedding cache, shared with eval_cir.py (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--save-index", type=Path, metavar="DIR", help="write each gallery's index to DIR/CONFIG for --index, then exit"
+    )
     parser.add_argument("--top-k", type=int, default=10, help="results shown per query (default: 10)")
     parser.add_argument("--num-examples", type=int, default=4, help="example triplets per category")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size when encoding the catalogue")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=7860)
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default: %(default)s)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
@@ -159,6 +164,9 @@ class Catalogue:
             path.write_bytes(self.image_bytes[row])
         return str(path)
 
+    def image(self, row: int) -> Image.Image:
+        return load_rgb(self.image_bytes[row], name=f"{self.config}/{self.ids[row]}")
+
 
 def _image_suffix(data: bytes) -> str:
     with Image.open(io.BytesIO(data)) as image:
@@ -168,7 +176,7 @@ def _image_suffix(data: bytes) -> str:
 def resolve_configs(dataset: str, requested: list[str] | None) -> list[str]:
     try:
         available = datasets.get_dataset_config_names(dataset)
-    except Exception as error:  # datasets raises several unrelated types for a missing or unreadable dataset
+    except (OSError, ValueError) as error:  # FileNotFoundError locally, ConnectionError for an unreachable hub id
         raise AppError(f"cannot read dataset {dataset!r}: {type(error).__name__}: {error}") from error
     galleries = [name for name in available if is_gallery_config(name)]
     if not galleries:
@@ -507,10 +515,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="facap-app-") as files_dir:
         try:
-            demo, _ = create_app(args, Path(files_dir))
+            demo, engine = create_app(args, Path(files_dir))
         except (AppError, DataError, RetrievalError, eval_cir.EvalError) as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        if args.save_index is not None:
+            for catalogue in engine.catalogues.values():
+                folder = catalogue.index.save(args.save_index / catalogue.config)
+                print(f"saved the {catalogue.config} index: serve it with --index {catalogue.config}={folder}")
+            return 0
         try:
             launch(demo, args, Path(files_dir))
         except OSError as error:  # e.g. the port is taken

@@ -24,7 +24,7 @@ import torch
 
 DEFAULT_K_VALUES = (1, 5, 10, 50)
 NO_INDEX = -1  # marks "no target in the gallery" / "nothing to exclude" in index tensors
-DEFAULT_CHUNK_BYTES = 128 * 2**20  # score-matrix budget per query chunk
+DEFAULT_CHUNK_BYTES = 256 * 2**20  # score-matrix budget per query chunk (~670 rows of a 100k gallery)
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -94,6 +94,12 @@ def rank_scores(
     return Ranking(top_indices[:, :k], top_scores[:, :k], target_ranks.cpu(), k)
 
 
+def _all_finite(tensor: torch.Tensor) -> bool:
+    # min and max propagate NaN and show infinities, without a full-size boolean temporary
+    low, high = torch.aminmax(tensor)
+    return bool(torch.isfinite(low) and torch.isfinite(high))
+
+
 def rank_gallery(
     queries: torch.Tensor,
     gallery: torch.Tensor,
@@ -114,7 +120,7 @@ def rank_gallery(
         if tensor is not None and tensor.shape != (num_queries,):
             raise RetrievalError(f"{name} must have shape ({num_queries},), got {tuple(tensor.shape)}")
     for name, tensor in (("query", queries), ("gallery", gallery)):
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+        if tensor.is_floating_point() and tensor.numel() and not _all_finite(tensor):
             raise RetrievalError(f"the {name} embeddings contain NaN or infinite values")
     if num_queries == 0:
         raise RetrievalError("there are no queries to rank")

@@ -239,12 +239,25 @@ def build_accelerator(args: argparse.Namespace):
     from accelerate.utils import ProjectConfiguration
 
     return Accelerator(
+        cpu=_launched_on_cpu(),
         mixed_precision=args.mixed_precision,
         log_with=None if args.report_to == "none" else args.report_to,
         project_config=ProjectConfiguration(project_dir=str(args.output_dir), logging_dir=str(args.output_dir / "logs")),
         # The schedule is written in optimizer steps; we step it once per optimizer step ourselves.
         step_scheduler_with_optimizer=False,
     )
+
+
+def _launched_on_cpu() -> bool:
+    """Several processes started by a launcher on a machine without an accelerator.
+
+    Accelerate forms a gloo process group for them only when told `cpu=True`; otherwise each process would
+    silently train alone on the same batches (and `accelerate launch --cpu` starts a single process).
+    """
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return several and not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available())
 
 
 def prepare_output_dir(args: argparse.Namespace, accelerator) -> Path:

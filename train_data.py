@@ -44,7 +44,7 @@ def load_training_triplets(datasets_: Sequence[str], configs: Sequence[str], spl
     Each config must exist in at least one dataset; a config that a dataset lacks is simply not taken from
     it (so FACap and Fashion IQ folders can be mixed with `--configs dress,shirt,toptee,...`).
     """
-    available = {name: set(datasets.get_dataset_config_names(name)) for name in datasets_}
+    available = {name: _config_names(name) for name in datasets_}
     for config in configs:
         if not any(config in names for names in available.values()):
             listing = "; ".join(f"{name}: {', '.join(sorted(names))}" for name, names in available.items())
@@ -63,11 +63,22 @@ def load_training_triplets(datasets_: Sequence[str], configs: Sequence[str], spl
     return TrainingTriplets(table=table, sources=tuple(sources))
 
 
+def _config_names(name: str) -> set[str]:
+    try:
+        return set(datasets.get_dataset_config_names(name))
+    except (FileNotFoundError, ConnectionError) as error:
+        raise DataError(f"dataset {name!r} cannot be opened (not a built dataset folder, or a Hub id while "
+                        f"offline): {error}") from error
+
+
 def _load_split(name: str, config: str, split: str) -> datasets.Dataset:
-    loaded = datasets.load_dataset(name, config)
-    if split not in loaded:
-        raise DataError(f"dataset {name!r} config {config!r} has no {split!r} split (splits: {', '.join(loaded)})")
-    part = loaded[split]
+    # The card's split sizes tell an absent or empty split apart before `datasets` fails on it obscurely.
+    splits = datasets.load_dataset_builder(name, config).info.splits
+    if splits and split not in splits:
+        raise DataError(f"dataset {name!r} config {config!r} has no {split!r} split (splits: {', '.join(splits)})")
+    if splits and splits[split].num_examples == 0:
+        raise DataError(f"the {split!r} split of {name}:{config} is empty")
+    part = datasets.load_dataset(name, config, split=split)
     missing = [column for column in TRIPLET_COLUMNS if column not in part.column_names]
     if missing:
         raise SchemaError(

@@ -3,9 +3,10 @@
 
     python benchmarks/bench_build.py [--num-proc 2] [--distinct 256] [--annotations ../shared/data/fashioniq]
 
-Headline `ratio_vs_bare_reencode` = build images/s / bare loop images/s (images = distinct image files the
-build reads: the val galleries plus every triplet image), best of `--repeat` interleaved rounds. Also reports the time of a second `load_dataset`
-of every config (a cache hit). Progress goes to stderr; the last stdout line is one JSON object.
+Headline `ratio_vs_bare_reencode` = build images/s / bare loop images/s (images = distinct image files
+the build reads: the val galleries plus every triplet image), best of `--repeat` interleaved rounds.
+Also reports the time of a second `load_dataset` of every config (a cache hit). Progress goes to
+stderr; the last stdout line is one JSON object.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the memory of a training step with the vision tower frozen vs unfrozen (bytes of
 and the activations autograd saves for backward, counted exactly with saved-tensor hooks); and, for the
 `blip2-vit-g` preset built on the meta device, total / trainable parameter counts against BLIP-2's.
 
-`--cuda`: with the `blip2-vit-g` preset on a GPU, bf16-autocast training step time and peak GPU memory
+`--device cuda`: with the `blip2-vit-g` preset on a GPU, bf16-autocast training step time and peak GPU memory
 (activation checkpointing on; frozen vision tower in bf16) for the given batch sizes.
 
 Progress goes to stderr; the last stdout line is one JSON object.
@@ -45,8 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=16, help="CPU step-time batch (default 16)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per model (default 5)")
     parser.add_argument("--text-length", type=int, default=16)
-    parser.add_argument("--cuda", action="store_true", help="GPU mode: blip2-vit-g training step")
-    parser.add_argument("--cuda-batch-sizes", default="32,128")
+    parser.add_argument("--device", help="training-step mode on this device (e.g. cuda): bf16 autocast steps")
+    parser.add_argument("--preset", default="blip2-vit-g", help="preset of the --device mode (default blip2-vit-g)")
+    parser.add_argument("--batch-sizes", default="32,128", help="batch sizes of the --device mode")
     return parser.parse_args(argv)
 
 
@@ -188,49 +189,69 @@ def cpu_benchmark(args) -> dict:
     }
 
 
-def cuda_benchmark(args) -> dict:
-    device = torch.device("cuda")
-    config = FashionBlip2Config.from_preset("blip2-vit-g")
+def device_benchmark(args) -> dict:
+    """bf16-autocast training steps of a random `args.preset` model on `args.device` (a GPU in practice)."""
+    device = torch.device(args.device)
+    on_cuda = device.type == "cuda"
+    config = FashionBlip2Config.from_preset(args.preset)
     with device:
         torch.manual_seed(0)
         model = FashionBlip2Model(config).train()
-    model.vision_model.to(torch.bfloat16)  # frozen: no fp32 master copy needed
+    if config.freeze_vision:
+        model.vision_model.to(torch.bfloat16)  # frozen: no fp32 master copy needed
     model.activation_checkpointing_enable()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-    results = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "batches": {}}
-    for batch_size in [int(b) for b in args.cuda_batch_sizes.split(",")]:
-        batch = make_batch(config, batch_size, 32, device)
+    results = {
+        "device": torch.cuda.get_device_name() if on_cuda else "cpu",
+        "torch": torch.__version__,
+        "preset": args.preset,
+        "activation_checkpointing": True,
+        "batches": {},
+    }
+    for batch_size in [int(b) for b in args.batch_sizes.split(",")]:
         try:
-            torch.cuda.reset_peak_memory_stats()
-            times = []
-            for step in range(args.steps + 2):
-                torch.cuda.synchronize()
-                start = time.perf_counter()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
-                    loss = model(**batch, return_loss=True).loss
-                loss.backward()
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                torch.cuda.synchronize()
-                if step >= 2:
-                    times.append(time.perf_counter() - start)
-            results["batches"][batch_size] = {
-                "step_seconds": round(statistics.median(times), 4),
-                "triplets_per_second": round(batch_size / statistics.median(times), 1),
-                "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-                "loss": round(loss.item(), 4),
-            }
+            results["batches"][batch_size] = timed_training(model, optimizer, config, batch_size, args.steps, device)
         except torch.OutOfMemoryError:
             results["batches"][batch_size] = "out of memory"
+        except Exception as error:  # keep the numbers of the other batch sizes; say what went wrong
+            results["batches"][batch_size] = f"error: {type(error).__name__}: {error}"[:500]
         log(f"batch {batch_size}: {results['batches'][batch_size]}")
-        del batch
-        torch.cuda.empty_cache()
+        if on_cuda:
+            torch.cuda.empty_cache()
     return results
+
+
+def timed_training(model, optimizer, config, batch_size: int, steps: int, device: torch.device) -> dict:
+    on_cuda = device.type == "cuda"
+    batch = make_batch(config, batch_size, 32, device)
+    if on_cuda:
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for step in range(steps + 2):  # two warm-up steps
+        if on_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = model(**batch, return_loss=True).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_cuda:
+            torch.cuda.synchronize()
+        if step >= 2:
+            times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    return {
+        "step_seconds": round(seconds, 4),
+        "triplets_per_second": round(batch_size / seconds, 1),
+        "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if on_cuda else None,
+        "loss": round(loss.item(), 4),
+    }
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    result = cuda_benchmark(args) if args.cuda else cpu_benchmark(args)
+    result = device_benchmark(args) if args.device else cpu_benchmark(args)
     print(json.dumps(result))
     return 0
 

@@ -41,13 +41,18 @@ def demo_dimension() -> int:
     return FashionBlip2Config.from_preset("demo").embedding_dim
 
 
-def random_problem(gallery_size: int, num_queries: int, dim: int, seed: int = 0):
-    """Unit gallery vectors, and queries that are noisy copies of their targets (so recall is not ~0)."""
+def random_problem(gallery_size: int, num_queries: int, dim: int, clusters: int = 0, seed: int = 0):
+    """Unit gallery vectors (uniform, or around `clusters` centres as real embeddings are), and queries that
+    are noisy copies of their targets, so that recall is neither 0 nor 100."""
     generator = torch.Generator().manual_seed(seed)
-    gallery = torch.nn.functional.normalize(torch.randn(gallery_size, dim, generator=generator), dim=1)
+    gallery = torch.randn(gallery_size, dim, generator=generator)
+    if clusters:
+        centres = torch.randn(clusters, dim, generator=generator)
+        gallery = centres[torch.randint(0, clusters, (gallery_size,), generator=generator)] + 0.5 * gallery
+    gallery = torch.nn.functional.normalize(gallery, dim=1)
     targets = torch.randint(0, gallery_size, (num_queries,), generator=generator)
-    noise = torch.randn(num_queries, dim, generator=generator)
-    queries = torch.nn.functional.normalize(gallery[targets] + 0.9 * noise / dim**0.5 * 4, dim=1)
+    noise = torch.randn(num_queries, dim, generator=generator) / dim**0.5
+    queries = torch.nn.functional.normalize(gallery[targets] + 3.0 * noise, dim=1)
     return gallery, queries, targets
 
 
@@ -81,23 +86,25 @@ def ranking_speed(gallery, queries, targets, repeats: int) -> dict:
             "synthetic_recall": {k: round(v, 2) for k, v in recalls.items()}}  # fmt: skip
 
 
-def faiss_backends(gallery, queries, size: int) -> dict:
-    """Build time, search time and recall@50 vs exact of each backend on the first `size` vectors."""
+def faiss_backends(size: int, num_queries: int, dim: int) -> dict:
+    """Build time, search time and recall@50 vs exact of each backend on a clustered gallery of `size`."""
     try:
         import faiss  # noqa: F401
     except ImportError:
         log("faiss not installed: skipping the FAISS backends")
         return {}
-    subset, ids = gallery[:size].contiguous(), [str(i) for i in range(size)]
-    report = {}
+    subset, queries, _ = random_problem(size, num_queries, dim, clusters=max(1, size // 100), seed=1)
+    ids = [str(i) for i in range(size)]
+    report = {"gallery": f"{size} vectors around {max(1, size // 100)} cluster centres", "queries": num_queries}
     for backend in ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw"):
         start = time.perf_counter()
         index = CIRIndex.build(subset, ids, backend=backend)
         built = time.perf_counter() - start
         searched = best_time(lambda: index.search(queries, TOP_K), 2)
         recall = recall_vs_exact(index, queries, TOP_K)
+        options = {"faiss-ivf": ("nlist", "nprobe"), "faiss-hnsw": ("hnsw_m", "ef_search")}.get(backend, ())
         report[backend] = {"build_s": round(built, 3), "search_s": round(searched, 4), "recall_vs_exact@50": round(recall, 4),
-                           **{k: v for k, v in index.options.items() if backend != "exact" and v is not None}}  # fmt: skip
+                           **{name: index.options[name] for name in options}}  # fmt: skip
         log(f"{backend}: build {built:.2f} s, search {searched:.3f} s, recall@50 vs exact {recall:.4f}")
     return report
 
@@ -112,9 +119,13 @@ def _rss_peak_kib() -> int:
 
 def memory_child(model_dir: str, dataset_dir: str) -> None:
     """Run in a fresh process: evaluate, and print the peak-RSS growth during `evaluate` as JSON."""
+    import datasets
+
     import eval_cir
 
     model, processor = eval_cir.load_model_and_processor(model_dir, "cpu")
+    for config in datasets.get_dataset_config_names(dataset_dir):  # datasets' one-time Arrow conversion
+        datasets.load_dataset(dataset_dir, config, split="validation")
     before_kib = _rss_peak_kib()
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
     reset_kib = _rss_peak_kib()
@@ -168,8 +179,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gallery-size", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=2_000)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--faiss-size", type=int, default=20_000, help="gallery size for the FAISS comparison")
+    parser.add_argument("--faiss-queries", type=int, default=500)
     parser.add_argument("--synthetic-images", type=int, default=6000)
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL_DIR", "DATASET_DIR"), help=argparse.SUPPRESS)
@@ -183,7 +195,8 @@ def main() -> None:
     result = {"gallery_size": args.gallery_size, "queries": args.queries, "dim": dim, "k": TOP_K,
               "threads": torch.get_num_threads(), "device": "cpu"}  # fmt: skip
     result.update(ranking_speed(gallery, queries, targets, args.repeats))
-    result["faiss"] = faiss_backends(gallery, queries, min(args.faiss_size, args.gallery_size))
+    del gallery, queries
+    result["faiss"] = faiss_backends(args.faiss_size, args.faiss_queries, dim)
     if not args.skip_memory:
         with tempfile.TemporaryDirectory(prefix="bench_retrieval_") as work:
             result["memory"] = eval_memory(Path(work), args.synthetic_images)

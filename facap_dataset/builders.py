@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import multiprocessing
 import os
 import sys
 from collections import Counter, defaultdict, deque
@@ -29,10 +28,9 @@ from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
 from . import readers
-from .errors import DataError, MissingImageError, UnsafePathError
+from .errors import DataError, MissingImageError
 from .export import DatasetCardInfo, write_dataset
-from .images import safe_image_path
-from .readers import RawTriplet
+from .readers import PreparedImages, RawTriplet, prepare_images
 from .schema import FASHIONIQ_CATEGORIES, GALLERY_FEATURES, SPLITS, gallery_config, triplet_features
 
 ON_MISSING_CHOICES = ("error", "skip")
@@ -139,11 +137,16 @@ def enhance_sources(
             absent = len(source.triplets) - len(triplets)
             unmatched = sum(len(queue) for queue in texts.values())
             if absent:
-                notes.skipped[f"{category}/{split}: Fashion IQ pairs absent from the enhanced captions (dropped)"] = absent
+                notes.skipped[f"{category}/{split}: Fashion IQ pairs absent from the enhanced captions (dropped)"] = (
+                    absent
+                )
             if unmatched:
                 notes.skipped[f"{category}/{split}: enhanced pairs not in Fashion IQ (ignored)"] = unmatched
             if not triplets:
-                raise DataError(f"{path}: none of the {len(source.triplets)} Fashion IQ pairs of {category}/{split} has an enhanced text")
+                count = len(source.triplets)
+                raise DataError(
+                    f"{path}: none of the {count} Fashion IQ pairs of {category}/{split} has an enhanced text"
+                )
             enhanced[category][split] = SplitSource(triplets, source.gallery)
     return enhanced
 
@@ -171,7 +174,9 @@ def split_by_reference(
     if leaked:
         notes.skipped[f"{category}/train: triplets sharing an image with the validation split (dropped)"] = leaked
     if not train:
-        raise DataError(f"category {category!r}: no train triplet is left after taking the validation split; lower --val-fraction")
+        raise DataError(
+            f"category {category!r}: no train triplet is left after taking the validation split; lower --val-fraction"
+        )
     return {"train": train, "validation": validation} if validation else {"train": train}
 
 
@@ -194,62 +199,12 @@ def facap_image_captions(raw_dir: Path, categories: Sequence[str]) -> dict[str, 
     its file), else None."""
     if not (Path(raw_dir) / readers.FACAP_CAPTIONS_DIR).is_dir():
         return None
-    return {category: readers.read_facap_captions(readers.facap_captions_path(raw_dir, category)) for category in categories}
+    return {
+        category: readers.read_facap_captions(readers.facap_captions_path(raw_dir, category)) for category in categories
+    }
 
 
 # ------------------------------------------------------------------------------------------------ images
-
-
-@dataclass
-class PreparedImages:
-    data: dict[str, bytes]  # image key -> bytes to embed
-    missing: dict[str, str]  # image key -> path
-    unreadable: dict[str, str]  # image key -> reason
-
-
-def _prepare_one(item: tuple[str, str, str]) -> tuple[str, str, bytes | str]:
-    """(key, status, payload) for one image; runs in the worker processes, path check included (it stats
-    every folder of the path, as costly as a small decode)."""
-    key, root, relative = item
-    try:
-        path = safe_image_path(root, relative)
-    except UnsafePathError as err:
-        return key, "unsafe", str(err)
-    try:
-        return key, "ok", readers.read_image_bytes(path)
-    except FileNotFoundError:
-        return key, "missing", os.fspath(path)
-    except DataError as err:
-        return key, "unreadable", str(err)
-    except OSError as err:  # a folder, no permission, an I/O error: unreadable, not missing
-        return key, "unreadable", f"image {path} cannot be read: {err.strerror or err}"
-
-
-def prepare_images(
-    keys: Iterable[str], images_dir: Path, suffix: str, *, num_proc: int = 1, progress: bool = False
-) -> PreparedImages:
-    """Verify and encode every image `images_dir/<key><suffix>` once, in `num_proc` processes.
-
-    Raises:
-        UnsafePathError: a key leaves `images_dir` (never skippable).
-    """
-    items = [(key, os.fspath(images_dir), key + suffix) for key in keys]
-    prepared = PreparedImages({}, {}, {})
-    pool = multiprocessing.get_context().Pool(num_proc) if num_proc > 1 and len(items) > 1 else None
-    try:
-        results = pool.imap(_prepare_one, items, chunksize=64) if pool else map(_prepare_one, items)
-        if progress:
-            from tqdm.auto import tqdm
-
-            results = tqdm(results, total=len(items), desc="images", unit="img", file=sys.stderr)
-        for key, status, payload in results:
-            if status == "unsafe":
-                raise UnsafePathError(payload)
-            {"ok": prepared.data, "missing": prepared.missing, "unreadable": prepared.unreadable}[status][key] = payload
-    finally:
-        if pool:
-            pool.terminate()
-    return prepared
 
 
 def _named(values: Iterable[str], total: int) -> str:
@@ -276,7 +231,9 @@ def apply_missing_policy(prepared: PreparedImages, on_missing: str, notes: Build
     if prepared.missing:
         notes.skipped["images missing from the image folder"] = len(prepared.missing)
     if prepared.unreadable:
-        notes.skipped["images unreadable (truncated, corrupt or refused as a decompression bomb)"] = len(prepared.unreadable)
+        notes.skipped["images unreadable (truncated, corrupt or refused as a decompression bomb)"] = len(
+            prepared.unreadable
+        )
     notes.skipped_images = [f"`{key}`: missing" for key in prepared.missing] + [
         f"`{key}`: {reason}" for key, reason in prepared.unreadable.items()
     ]
@@ -322,7 +279,9 @@ def triplet_dataset(
     if len(kept) < len(triplets):
         notes.skipped[f"{category}/{split}: triplets needing a missing or unreadable image"] = len(triplets) - len(kept)
     if not kept:
-        raise DataError(f"every triplet of {category}/{split} needs a missing or unreadable image: nothing left to build")
+        raise DataError(
+            f"every triplet of {category}/{split} needs a missing or unreadable image: nothing left to build"
+        )
     columns = {
         "reference_id": [t.reference for t in kept],
         "target_id": [t.target for t in kept],
@@ -338,14 +297,20 @@ def triplet_dataset(
         columns["target_caption"] = [image_captions.get(t.target) for t in kept]
         uncaptioned = {k for t in kept for k in (t.reference, t.target) if k is not None and k not in image_captions}
         if uncaptioned:
-            notes.skipped[f"{category}/{split}: images without a stage-1 caption (caption left null)"] = len(uncaptioned)
+            notes.skipped[f"{category}/{split}: images without a stage-1 caption (caption left null)"] = len(
+                uncaptioned
+            )
     return _dataset(columns, triplet_features(extra), split)
 
 
-def gallery_dataset(category: str, split: str, gallery: Sequence[str], images: Mapping[str, bytes], notes: BuildNotes) -> Dataset:
+def gallery_dataset(
+    category: str, split: str, gallery: Sequence[str], images: Mapping[str, bytes], notes: BuildNotes
+) -> Dataset:
     kept = [key for key in gallery if key in images]
     if len(kept) < len(gallery):
-        notes.skipped[f"{gallery_config(category)}/{split}: gallery images missing or unreadable"] = len(gallery) - len(kept)
+        notes.skipped[f"{gallery_config(category)}/{split}: gallery images missing or unreadable"] = len(gallery) - len(
+            kept
+        )
     if not kept:
         raise DataError(f"every gallery image of {category}/{split} is missing or unreadable: nothing left to build")
     columns = {"image_id": kept, "category": [category] * len(kept), "image": [images[k] for k in kept]}
@@ -381,7 +346,10 @@ def _image_keys(sources: Mapping[str, Mapping[str, SplitSource]]) -> list[str]:
             key
             for splits in sources.values()
             for source in splits.values()
-            for key in [*source.gallery, *(k for t in source.triplets for k in (t.reference, t.target) if k is not None)]
+            for key in [
+                *source.gallery,
+                *(k for t in source.triplets for k in (t.reference, t.target) if k is not None),
+            ]
         )
     )
 
@@ -434,6 +402,7 @@ def _finish(
     prepared = prepare_images(_image_keys(sources), images_dir, suffix, num_proc=num_proc, progress=progress)
     apply_missing_policy(prepared, on_missing, notes)
     configs = assemble(sources, prepared.data, notes, image_captions)
+    del prepared  # the Arrow tables hold copies of the bytes now: lower the peak memory while writing
     if out_dir is not None:
         write_dataset(out_dir, configs, card=card(notes), overwrite=overwrite)
     return configs
@@ -443,9 +412,15 @@ def _fashioniq_categories(captions_dir: Path, categories: Sequence[str] | None) 
     """The requested categories, or by default those with at least one caption file in `captions_dir`."""
     if categories is not None:
         return _check_choice("category", categories, FASHIONIQ_CATEGORIES)
-    found = [c for c in FASHIONIQ_CATEGORIES if any(readers.fashioniq_caption_file(captions_dir, c, s).is_file() for s in SPLITS)]
+    found = [
+        c
+        for c in FASHIONIQ_CATEGORIES
+        if any(readers.fashioniq_caption_file(captions_dir, c, s).is_file() for s in SPLITS)
+    ]
     if not found:
-        raise DataError(f"no caption file (cap.<category>.<split>.json) for {', '.join(FASHIONIQ_CATEGORIES)} in {captions_dir}")
+        raise DataError(
+            f"no caption file (cap.<category>.<split>.json) for {', '.join(FASHIONIQ_CATEGORIES)} in {captions_dir}"
+        )
     return found
 
 
@@ -472,11 +447,14 @@ def build_fashioniq(
     categories = _fashioniq_categories(raw_dir / "captions", categories)
     sources = fashioniq_sources(raw_dir, categories, splits)
     options = {
-        "raw_dir": os.fspath(raw_dir), "out": os.fspath(out_dir) if out_dir is not None else None,
-        "images_dir": os.fspath(images), "categories": categories,
-        "splits": [s for s in SPLITS if any(s in found for found in sources.values())], "on_missing": on_missing,
+        "raw_dir": os.fspath(raw_dir),
+        "out": os.fspath(out_dir) if out_dir is not None else None,
+        "images_dir": os.fspath(images),
+        "categories": categories,
+        "splits": [s for s in SPLITS if any(s in found for found in sources.values())],
+        "on_missing": on_missing,
         "num_proc": num_proc,
-    }  # fmt: skip
+    }
 
     def card(notes: BuildNotes) -> DatasetCardInfo:
         return DatasetCardInfo(
@@ -497,9 +475,17 @@ def build_fashioniq(
         )
 
     return _finish(
-        sources, images, ".jpg", BuildNotes(), out_dir=out_dir, card=card, on_missing=on_missing,
-        num_proc=num_proc, overwrite=overwrite, progress=progress,
-    )  # fmt: skip
+        sources,
+        images,
+        ".jpg",
+        BuildNotes(),
+        out_dir=out_dir,
+        card=card,
+        on_missing=on_missing,
+        num_proc=num_proc,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
 def build_enhfashioniq(
@@ -523,19 +509,27 @@ def build_enhfashioniq(
     images = Path(images_dir) if images_dir is not None else raw_dir / "images"
     categories = _fashioniq_categories(enhanced_dir, categories)
     if splits is None:
-        splits = [s for s in SPLITS if any(readers.fashioniq_caption_file(enhanced_dir, c, s).is_file() for c in categories)]
+        splits = [
+            s for s in SPLITS if any(readers.fashioniq_caption_file(enhanced_dir, c, s).is_file() for c in categories)
+        ]
         if not splits:
-            raise DataError(f"no enhanced caption file (cap.<category>.<split>.json) for {', '.join(categories)} in {enhanced_dir}")
+            raise DataError(
+                f"no enhanced caption file (cap.<category>.<split>.json) for {', '.join(categories)} in {enhanced_dir}"
+            )
     notes = BuildNotes()
     sources = enhance_sources(fashioniq_sources(raw_dir, categories, splits), enhanced_dir, notes)
     for reason, count in notes.skipped.items():
         print(f"warning: {reason}: {count}", file=sys.stderr)
     options = {
-        "raw_dir": os.fspath(raw_dir), "enhanced_captions": os.fspath(enhanced_dir),
+        "raw_dir": os.fspath(raw_dir),
+        "enhanced_captions": os.fspath(enhanced_dir),
         "out": os.fspath(out_dir) if out_dir is not None else None,
-        "images_dir": os.fspath(images), "categories": categories, "splits": list(splits),
-        "on_missing": on_missing, "num_proc": num_proc,
-    }  # fmt: skip
+        "images_dir": os.fspath(images),
+        "categories": categories,
+        "splits": list(splits),
+        "on_missing": on_missing,
+        "num_proc": num_proc,
+    }
 
     def card(notes: BuildNotes) -> DatasetCardInfo:
         return DatasetCardInfo(
@@ -557,9 +551,17 @@ def build_enhfashioniq(
         )
 
     return _finish(
-        sources, images, ".jpg", notes, out_dir=out_dir, card=card, on_missing=on_missing,
-        num_proc=num_proc, overwrite=overwrite, progress=progress,
-    )  # fmt: skip
+        sources,
+        images,
+        ".jpg",
+        notes,
+        out_dir=out_dir,
+        card=card,
+        on_missing=on_missing,
+        num_proc=num_proc,
+        overwrite=overwrite,
+        progress=progress,
+    )
 
 
 def build_facap(
@@ -587,10 +589,14 @@ def build_facap(
     sources = facap_sources(raw_dir, categories, val_fraction, notes)
     image_captions = facap_image_captions(raw_dir, categories)
     options = {
-        "raw_dir": os.fspath(raw_dir), "images_dir": os.fspath(images_dir),
-        "out": os.fspath(out_dir) if out_dir is not None else None, "categories": categories,
-        "val_fraction": val_fraction, "on_missing": on_missing, "num_proc": num_proc,
-    }  # fmt: skip
+        "raw_dir": os.fspath(raw_dir),
+        "images_dir": os.fspath(images_dir),
+        "out": os.fspath(out_dir) if out_dir is not None else None,
+        "categories": categories,
+        "val_fraction": val_fraction,
+        "on_missing": on_missing,
+        "num_proc": num_proc,
+    }
 
     def card(notes: BuildNotes) -> DatasetCardInfo:
         return DatasetCardInfo(
@@ -599,8 +605,11 @@ def build_facap(
                 "FACap composed image retrieval triplets: a reference image, one detailed modification text "
                 f"and the target image, for the categories {', '.join(categories)}. Image ids are the image "
                 "paths of the release (relative to its image root)."
-                + (" `reference_caption` and `target_caption` hold the stage-1 long captions of the images."
-                   if image_captions is not None else "")
+                + (
+                    " `reference_caption` and `target_caption` hold the stage-1 long captions of the images."
+                    if image_captions is not None
+                    else ""
+                )
             ),
             source=FACAP_SOURCE,
             license="other",
@@ -621,9 +630,18 @@ def build_facap(
         )
 
     return _finish(
-        sources, Path(images_dir), "", notes, out_dir=out_dir, card=card, on_missing=on_missing,
-        num_proc=num_proc, overwrite=overwrite, progress=progress, image_captions=image_captions,
-    )  # fmt: skip
+        sources,
+        Path(images_dir),
+        "",
+        notes,
+        out_dir=out_dir,
+        card=card,
+        on_missing=on_missing,
+        num_proc=num_proc,
+        overwrite=overwrite,
+        progress=progress,
+        image_captions=image_captions,
+    )
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -637,17 +655,24 @@ def _common_arguments(parser: argparse.ArgumentParser, *, splits: bool) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
     parser.add_argument("--categories", type=_csv, help="comma-separated categories (default: all)")
     if splits:
-        parser.add_argument("--splits", type=_csv, help="comma-separated splits among train,validation,test (default: those present)")
-    parser.add_argument("--on-missing", choices=ON_MISSING_CHOICES, default="error",
-                        help="missing/unreadable image: fail (default) or drop what needs it and count it in the card")  # fmt: skip
+        parser.add_argument(
+            "--splits", type=_csv, help="comma-separated splits among train,validation,test (default: those present)"
+        )
+    parser.add_argument(
+        "--on-missing",
+        choices=ON_MISSING_CHOICES,
+        default="error",
+        help="missing/unreadable image: fail (default) or drop what needs it and count it in the card",
+    )
     parser.add_argument("--num-proc", type=int, default=1, help="processes that verify and encode images")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding a different dataset")
 
 
 def add_parser(subparsers) -> None:
     """Register `build fashioniq`, `build facap` and `build enhfashioniq`."""
-    fiq = subparsers.add_parser("fashioniq", help="build Fashion IQ from its raw release",
-                                description=build_fashioniq.__doc__)  # fmt: skip
+    fiq = subparsers.add_parser(
+        "fashioniq", help="build Fashion IQ from its raw release", description=build_fashioniq.__doc__
+    )
     fiq.add_argument("--raw-dir", required=True, type=Path, help="folder with captions/, image_splits/ (and images/)")
     fiq.add_argument("--images-dir", type=Path, help="folder of <ASIN>.jpg images (default: RAW_DIR/images)")
     _common_arguments(fiq, splits=True)
@@ -656,13 +681,20 @@ def add_parser(subparsers) -> None:
     facap = subparsers.add_parser("facap", help="build FACap from its raw release", description=build_facap.__doc__)
     facap.add_argument("--raw-dir", required=True, type=Path, help="folder with cir_triplets/ (and image_captions/)")
     facap.add_argument("--images-dir", required=True, type=Path, help="image root the triplet paths are relative to")
-    facap.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
-                       help="fraction of reference images whose triplets form the validation split (default 0.02)")  # fmt: skip
+    facap.add_argument(
+        "--val-fraction",
+        type=float,
+        default=DEFAULT_VAL_FRACTION,
+        help="fraction of reference images whose triplets form the validation split (default 0.02)",
+    )
     _common_arguments(facap, splits=False)
     facap.set_defaults(func=_run_facap)
 
-    enh = subparsers.add_parser("enhfashioniq", help="build enhFashionIQ (Fashion IQ with enhanced texts)",
-                                description=build_enhfashioniq.__doc__)  # fmt: skip
+    enh = subparsers.add_parser(
+        "enhfashioniq",
+        help="build enhFashionIQ (Fashion IQ with enhanced texts)",
+        description=build_enhfashioniq.__doc__,
+    )
     enh.add_argument("--raw-dir", required=True, type=Path, help="the Fashion IQ release folder")
     enh.add_argument("--enhanced-captions", required=True, type=Path, help="folder of cap.{cat}.{split}.json")
     enh.add_argument("--images-dir", type=Path, help="folder of <ASIN>.jpg images (default: RAW_DIR/images)")
@@ -679,24 +711,45 @@ def _report(configs: Mapping[str, DatasetDict], out: Path) -> int:
 
 def _run_fashioniq(args: argparse.Namespace) -> int:
     configs = build_fashioniq(
-        args.raw_dir, args.out, images_dir=args.images_dir, categories=args.categories, splits=args.splits,
-        on_missing=args.on_missing, num_proc=args.num_proc, overwrite=args.overwrite, progress=True,
-    )  # fmt: skip
+        args.raw_dir,
+        args.out,
+        images_dir=args.images_dir,
+        categories=args.categories,
+        splits=args.splits,
+        on_missing=args.on_missing,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        progress=True,
+    )
     return _report(configs, args.out)
 
 
 def _run_facap(args: argparse.Namespace) -> int:
     configs = build_facap(
-        args.raw_dir, args.images_dir, args.out, categories=args.categories, val_fraction=args.val_fraction,
-        on_missing=args.on_missing, num_proc=args.num_proc, overwrite=args.overwrite, progress=True,
-    )  # fmt: skip
+        args.raw_dir,
+        args.images_dir,
+        args.out,
+        categories=args.categories,
+        val_fraction=args.val_fraction,
+        on_missing=args.on_missing,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
+        progress=True,
+    )
     return _report(configs, args.out)
 
 
 def _run_enhfashioniq(args: argparse.Namespace) -> int:
     configs = build_enhfashioniq(
-        args.raw_dir, args.enhanced_captions, args.out, images_dir=args.images_dir, categories=args.categories,
-        splits=args.splits, on_missing=args.on_missing, num_proc=args.num_proc, overwrite=args.overwrite,
+        args.raw_dir,
+        args.enhanced_captions,
+        args.out,
+        images_dir=args.images_dir,
+        categories=args.categories,
+        splits=args.splits,
+        on_missing=args.on_missing,
+        num_proc=args.num_proc,
+        overwrite=args.overwrite,
         progress=True,
-    )  # fmt: skip
+    )
     return _report(configs, args.out)

@@ -20,6 +20,7 @@ from huggingface_hub.utils import validate_repo_id
 from .errors import DataError
 from .export import CARD_FILENAME, read_card_data
 
+
 def upload_plan(dataset_dir: str | os.PathLike) -> list[str]:
     """The files a push uploads (relative to `dataset_dir`): the card and every config's shards.
 
@@ -35,7 +36,8 @@ def upload_plan(dataset_dir: str | os.PathLike) -> list[str]:
         for entry in config["data_files"]:
             shards = sorted(p.relative_to(root).as_posix() for p in root.glob(entry["path"]) if p.is_file())
             if not shards:
-                raise DataError(f"{root}: config {config['config_name']!r} split {entry['split']!r} has no file matching {entry['path']!r}")
+                name, split = config["config_name"], entry["split"]
+                raise DataError(f"{root}: config {name!r} split {split!r} has no file matching {entry['path']!r}")
             files += shards
     return files
 
@@ -93,8 +95,12 @@ def add_parser(subparsers) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     files = push(
-        args.dataset_dir, args.repo_id, private=args.private, commit_message=args.message, dry_run=args.dry_run,
-    )  # fmt: skip
+        args.dataset_dir,
+        args.repo_id,
+        private=args.private,
+        commit_message=args.message,
+        dry_run=args.dry_run,
+    )
     verb = "would upload" if args.dry_run else "uploaded"
     print(f"{verb} {len(files)} files to https://huggingface.co/datasets/{args.repo_id}:", file=sys.stderr)
     print("\n".join(files))

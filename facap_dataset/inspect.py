@@ -13,6 +13,7 @@ import io
 import json
 import textwrap
 from collections.abc import Sequence
+from itertools import zip_longest
 from pathlib import Path
 
 import numpy as np
@@ -144,9 +145,8 @@ def _sample_triplets(files, num_triplets: int) -> list[dict]:
         table = next(first.iter_batches(batch_size=num_triplets, columns=columns), None)
         if table is not None:
             per_config.append([{**r, "split": split} for r in table.to_pylist()])
-    interleaved = [row for group in zip(*per_config) for row in group] if per_config else []
-    leftovers = [row for group in per_config for row in group if row not in interleaved]
-    return (interleaved + leftovers)[:num_triplets]
+    interleaved = [row for group in zip_longest(*per_config) for row in group if row is not None]
+    return interleaved[:num_triplets]
 
 
 def _thumbnail(image: dict, cell: int) -> Image.Image:

@@ -9,20 +9,26 @@ FACap:
 
 Captions are kept exactly as released (empty ones and leading spaces included): the join rule of
 `facap_dataset.captions` decides how they become query text, not the reader.
+
+Images (`prepare_images`): each file is checked to stay inside its image root, fully decoded once, and
+embedded as released when it is an 8-bit RGB JPEG, else converted to RGB and re-encoded.
 """
 
 from __future__ import annotations
 
-import io
 import json
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from tqdm.auto import tqdm
 
-from .errors import DataError, SchemaError
-from .images import encode_jpeg, load_rgb
+from .errors import DataError, SchemaError, UnsafePathError
+from .images import encode_jpeg, load_rgb, safe_image_path
 
 # Dataset split name -> the name Fashion IQ's files use.
 FASHIONIQ_FILE_SPLITS = {"train": "train", "validation": "val", "test": "test"}
@@ -140,7 +146,9 @@ def read_facap_captions(path: Path) -> dict[str, str]:
     path = Path(path)
     data = read_json(path)
     if not isinstance(data, dict):
-        raise SchemaError(f"{path}: expected a JSON object mapping image paths to captions, found a {type(data).__name__}")
+        raise SchemaError(
+            f"{path}: expected a JSON object mapping image paths to captions, found a {type(data).__name__}"
+        )
     for image, caption in data.items():
         if not isinstance(caption, str):
             raise SchemaError(f"{path}: the caption of {image!r} is {caption!r}, expected a string")
@@ -158,6 +166,32 @@ def discover_facap_categories(raw_dir: Path) -> list[str]:
     return categories
 
 
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): the frame header follows them.
+_JPEG_SOF = frozenset({0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF})
+
+
+def is_rgb_jpeg(data: bytes) -> bool:
+    """Whether `data` is a JPEG of three 8-bit components, which Pillow decodes as RGB.
+
+    Reads only the marker headers up to the frame header: a second `Image.open` of every image (its
+    marker parser is Python) would cost a third of the decode itself.
+    """
+    if data[:2] != b"\xff\xd8":
+        return False
+    offset = 2
+    while offset + 4 <= len(data) and data[offset] == 0xFF:
+        marker = data[offset + 1]
+        if marker == 0xFF:  # fill byte
+            offset += 1
+            continue
+        length = int.from_bytes(data[offset + 2 : offset + 4], "big")
+        if marker in _JPEG_SOF:
+            header = data[offset + 4 : offset + 10]  # precision, height (2), width (2), components
+            return len(header) == 6 and header[0] == 8 and header[5] == 3
+        offset += 2 + length
+    return False
+
+
 def read_image_bytes(path: Path) -> bytes:
     """The bytes to embed for one raw image, after a full verification decode.
 
@@ -171,6 +205,59 @@ def read_image_bytes(path: Path) -> bytes:
     """
     data = Path(path).read_bytes()
     rgb = load_rgb(data, name=str(path))
-    with Image.open(io.BytesIO(data)) as header:  # safe now: load_rgb has vetted the size and content
-        as_released = header.format == "JPEG" and header.mode == "RGB"
-    return data if as_released else encode_jpeg(rgb)
+    return data if is_rgb_jpeg(data) else encode_jpeg(rgb)
+
+
+# ------------------------------------------------------------------------------------------------ images
+
+
+@dataclass
+class PreparedImages:
+    """Every image of a build, sorted by outcome (keys as in the annotations)."""
+
+    data: dict[str, bytes]  # image key -> bytes to embed
+    missing: dict[str, str]  # image key -> path
+    unreadable: dict[str, str]  # image key -> reason
+
+
+def _prepare_one(item: tuple[str, str, str]) -> tuple[str, str, bytes | str]:
+    """(key, status, payload) for one image; runs in the worker processes, path check included (it stats
+    every folder of the path, as costly as a small decode)."""
+    key, root, relative = item
+    try:
+        path = safe_image_path(root, relative)
+    except UnsafePathError as err:
+        return key, "unsafe", str(err)
+    try:
+        return key, "ok", read_image_bytes(path)
+    except FileNotFoundError:
+        return key, "missing", os.fspath(path)
+    except DataError as err:
+        return key, "unreadable", str(err)
+    except OSError as err:  # a folder, no permission, an I/O error: unreadable, not missing
+        return key, "unreadable", f"image {path} cannot be read: {err.strerror or err}"
+
+
+def prepare_images(
+    keys: Iterable[str], images_dir: Path, suffix: str, *, num_proc: int = 1, progress: bool = False
+) -> PreparedImages:
+    """Verify and encode every image `images_dir/<key><suffix>` once, in `num_proc` processes.
+
+    Raises:
+        UnsafePathError: a key leaves `images_dir` (never skippable).
+    """
+    items = [(key, os.fspath(images_dir), key + suffix) for key in keys]
+    prepared = PreparedImages({}, {}, {})
+    pool = multiprocessing.get_context().Pool(num_proc) if num_proc > 1 and len(items) > 1 else None
+    try:
+        results = pool.imap(_prepare_one, items, chunksize=64) if pool else map(_prepare_one, items)
+        if progress:
+            results = tqdm(results, total=len(items), desc="images", unit="img", file=sys.stderr)
+        for key, status, payload in results:
+            if status == "unsafe":
+                raise UnsafePathError(payload)
+            {"ok": prepared.data, "missing": prepared.missing, "unreadable": prepared.unreadable}[status][key] = payload
+    finally:
+        if pool:
+            pool.terminate()
+    return prepared

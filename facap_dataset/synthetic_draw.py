@@ -150,7 +150,7 @@ def _pattern_mask(pattern: str, size: int, phase: int) -> Image.Image:
     """Where the accent colour goes, for a whole canvas (cached: patterns repeat across images)."""
     mask = Image.new("L", (size, size), 0)
     draw = ImageDraw.Draw(mask)
-    period = max(4.0, size / 8)
+    period = max(6.0, size / 8)  # below 6 px a pattern turns into a colour cast at 32 px
     offset = phase * period / 4
     steps = range(-1, int(size / period) + 2)
     if pattern == "striped":
@@ -166,7 +166,7 @@ def _pattern_mask(pattern: str, size: int, phase: int) -> Image.Image:
             draw_columns.rectangle((a, 0, a + period / 2 - 1, size), fill=140)
         mask = ImageChops.add(mask, columns)
     elif pattern in ("dotted", "floral"):
-        radius = max(1.0, period / 6)
+        radius = period / 6
         for i in steps:
             for j in steps:
                 x = i * period + offset + (period / 2 if j % 2 else 0)
@@ -175,7 +175,7 @@ def _pattern_mask(pattern: str, size: int, phase: int) -> Image.Image:
                     draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=255)
                 else:  # a four-petal flower with an open centre
                     for dx, dy in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-                        px, py, petal = x + dx * radius * 1.3, y + dy * radius * 1.3, radius * 0.8
+                        px, py, petal = x + dx * radius * 1.3, y + dy * radius * 1.3, radius * 0.7
                         draw.ellipse((px - petal, py - petal, px + petal, py + petal), fill=255)
     else:
         raise ValueError(f"unknown pattern {pattern!r}")

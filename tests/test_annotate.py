@@ -24,6 +24,7 @@ from facap_dataset.annotate import (
     FolderImages,
     Pair,
     PromptError,
+    Request,
     StageRun,
     annotate_captions,
     annotate_modifications,
@@ -67,6 +68,10 @@ def _run(tmp_path: Path, rules=MODIFICATION_RULES, **overrides) -> StageRun:
     return StageRun(out=tmp_path / "out", category="dress", split="train", rules=rules, progress=False, **overrides)
 
 
+def make_request(text: str) -> Request:
+    return Request(text=text)
+
+
 def _pairs(count: int) -> list[Pair]:
     return [Pair(f"img{i}", f"img{i + 1}") for i in range(count)]
 
@@ -102,7 +107,7 @@ def test_prompt_override_is_versioned_by_its_text(tmp_path):
     path.write_text("Describe this {category} in detail, {{literally}}.")
     first = load_template("caption", path)
     assert first.render(category="skirt") == "Describe this skirt in detail, {literally}."
-    path.write_text("Describe this {category} briefly.")
+    path.write_text("Describe this garment briefly.")  # {category} is offered, not required
     second = load_template("caption", path)
     assert first.version != second.version != load_template("caption").version
 
@@ -117,6 +122,7 @@ def test_prompt_override_is_versioned_by_its_text(tmp_path):
         ("Make it red like a blouse.", "mentions another category (blouse)"),
         ("Make it a red t-shirt with pockets.", "mentions another category (t-shirt)"),
         (" ".join(["red"] * 61), "too long"),
+        ("I'm sorry, but I cannot see the image.", "refusal"),
     ],
 )
 def test_invalid_modifications_are_named(text, reason):
@@ -239,12 +245,6 @@ def test_slow_replies_time_out_and_are_retried(tmp_path):
         assert time.perf_counter() - start < 1.5
 
 
-def make_request(text):
-    from facap_dataset.annotate import Request
-
-    return Request(text=text)
-
-
 def test_an_unreachable_endpoint_fails_clearly_after_bounded_retries(tmp_path):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -266,10 +266,10 @@ def test_a_client_error_is_not_retried(tmp_path, stub):
 
 def test_requests_run_concurrently(tmp_path):
     with StubServer(latency=0.1) as server:
-        _backend_summary, _ = annotate_modifications(_pairs(16), _captions(16), _backend(server, concurrency=8),
+        summary, _ = annotate_modifications(_pairs(16), _captions(16), _backend(server, concurrency=8),
                                                      load_template("modification"), _run(tmp_path))
         assert server.max_in_flight >= 4
-        assert _backend_summary.done == 16 and _backend_summary.records_per_second > 0
+        assert summary.done == 16 and summary.records_per_second > 0
 
 
 def test_api_key_comes_from_the_environment_only(monkeypatch, stub):
@@ -359,7 +359,12 @@ def test_cli_modifications_end_to_end_and_bad_template(tmp_path, stub, capsys):
     template = tmp_path / "bad.txt"
     template.write_text("Change {reference_caption} please.")
     assert main(args + ["--prompt", str(template)]) == 2
-    assert "error: " in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "bad.txt: prompt template 'modification-bad-" in error
+    assert error.rstrip().endswith("is missing the required placeholder(s) {target_caption}")
+    no_url = [a for a in args if a not in ("--base-url", stub.url)]
+    assert main(no_url) == 2
+    assert "error: --backend openai needs --base-url" in capsys.readouterr().err
 
 
 def test_enhance_fashioniq_writes_a_fashioniq_root(tmp_path, stub, image_root):
@@ -369,7 +374,7 @@ def test_enhance_fashioniq_writes_a_fashioniq_root(tmp_path, stub, image_root):
     images = root / "images"
     images.mkdir()
     for index in range(4):
-        (image_root / "dresses" / f"item{index}.png").rename(images / f"B00{index}.png")
+        Image.open(image_root / "dresses" / f"item{index}.png").save(images / f"B00{index}.jpg")
     entries = [{"candidate": "B000", "target": "B001", "captions": ["is green", " shorter"]},
                {"candidate": "B002", "target": "B003", "captions": ["is darker", "has no sleeves"]}]
     (root / "captions" / "cap.dress.val.json").write_text(json.dumps(entries))
@@ -377,7 +382,7 @@ def test_enhance_fashioniq_writes_a_fashioniq_root(tmp_path, stub, image_root):
     out = tmp_path / "enh"
     common = ["--fashioniq-root", str(root), "--category", "dress", "--backend", "openai", "--base-url", stub.url,
               "--model", "stub", "--out", str(out), "--no-progress"]
-    assert main(["annotate", "enhance-fashioniq", "--split", "val", *common]) == 0
+    assert main(["annotate", "enhance-fashioniq", "--split", "validation", *common]) == 0  # read as `val`
     enhanced = json.loads((out / "captions" / "cap.dress.val.json").read_text())
     assert [(e["candidate"], e["target"]) for e in enhanced] == [("B000", "B001"), ("B002", "B003")]
     assert all(len(e["captions"]) == 1 and e["captions"][0].startswith("Make it") for e in enhanced)
@@ -422,7 +427,7 @@ def test_a_killed_run_resumes_without_repeating_or_losing_records(tmp_path, caps
         command = [sys.executable, "-m", "facap_dataset", "annotate", "modifications", "--pairs", str(pairs),
                    "--captions", str(captions), "--backend", "openai", "--base-url", server.url, "--model", "stub",
                    "--concurrency", "2", "--out", str(out), "--no-progress"]
-        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 60
         while (not cache.exists() or len(cache.read_text().splitlines()) < 10) and time.monotonic() < deadline:

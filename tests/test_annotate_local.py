@@ -37,21 +37,24 @@ def tiny_models(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_generators")
     tokenizer = _tokenizer(root)
     vocab_size = len(SPECIAL) + len(WORDS)
-    torch.manual_seed(0)
-    blip = BlipForConditionalGeneration(BlipConfig(
-        text_config=dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                         num_attention_heads=2, max_position_embeddings=512, bos_token_id=2, sep_token_id=None,
-                         eos_token_id=None, pad_token_id=0),
-        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                           image_size=32, patch_size=16),
-        projection_dim=16,
-    ))
+    with torch.random.fork_rng():  # seeded weights without touching the session's global RNG
+        torch.manual_seed(0)
+        blip = BlipForConditionalGeneration(BlipConfig(
+            text_config=dict(vocab_size=vocab_size, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                             num_attention_heads=2, max_position_embeddings=512, bos_token_id=2, sep_token_id=None,
+                             eos_token_id=None, pad_token_id=0),
+            vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=16),
+            projection_dim=16,
+        ))
     blip.save_pretrained(root / "vlm")
     BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}),
                   tokenizer=tokenizer).save_pretrained(root / "vlm")
     for name, chat in (("llm", False), ("chat-llm", True)):
-        gpt = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=1, n_head=2, n_positions=512,
-                                         bos_token_id=2, eos_token_id=None, pad_token_id=0))
+        with torch.random.fork_rng():
+            torch.manual_seed(1)
+            gpt = GPT2LMHeadModel(GPT2Config(vocab_size=vocab_size, n_embd=16, n_layer=1, n_head=2, n_positions=512,
+                                             bos_token_id=2, eos_token_id=None, pad_token_id=0))
         gpt.generation_config.eos_token_id = None
         gpt.save_pretrained(root / name)
         tokenizer.chat_template = CHAT_TEMPLATE if chat else None
@@ -102,6 +105,7 @@ def test_local_retries_sample_instead_of_repeating_greedy_output(tiny_models):
     request = [Request(text="make it red")]
     greedy = {backend.generate(request, attempt=0)[0].text for _ in range(2)}
     assert len(greedy) == 1
-    torch.manual_seed(0)
+    # Random weights give near-uniform next-token probabilities: four samples of six tokens all equal is
+    # vanishingly unlikely, while greedy decoding is always the same.
     sampled = {backend.generate(request, attempt=1)[0].text for _ in range(4)}
     assert len(sampled) > 1

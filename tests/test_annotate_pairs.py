@@ -45,7 +45,6 @@ def gallery_dir(tmp_path_factory):
 def tiny_clip_dir(tmp_path_factory):
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    torch.manual_seed(0)
     config = CLIPConfig(
         text_config={"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
                      "num_attention_heads": 2},
@@ -54,7 +53,10 @@ def tiny_clip_dir(tmp_path_factory):
         projection_dim=16,
     )
     folder = tmp_path_factory.mktemp("tiny_clip")
-    CLIPModel(config).save_pretrained(folder)
+    with torch.random.fork_rng():  # seeded weights without touching the session's global RNG
+        torch.manual_seed(0)
+        model = CLIPModel(config)
+    model.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
     return folder
 

@@ -45,7 +45,10 @@ def fiq_raw(tmp_path_factory, fashioniq_annotations):
     source.write_bytes(_jpeg())
     names = {"split.dress.test.json"} | {f"split.{c}.val.json" for c in REAL_VALIDATION}
     for asin in {a for name in names for a in json.loads((raw / "image_splits" / name).read_text())}:
-        os.link(source, raw / "images" / f"{asin}.jpg")
+        try:
+            os.link(source, raw / "images" / f"{asin}.jpg")
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(source, raw / "images" / f"{asin}.jpg")
     return raw
 
 
@@ -65,7 +68,10 @@ def test_real_validation_counts(fiq_val):
         assert len(configs[f"{category}-gallery"]["validation"]) == gallery
     card = _card_yaml(out)
     sizes = {info["config_name"]: info["splits"][0]["num_examples"] for info in card["dataset_info"]}
-    assert sizes == {**{c: n for c, (n, _) in REAL_VALIDATION.items()}, **{f"{c}-gallery": g for c, (_, g) in REAL_VALIDATION.items()}}
+    assert sizes == {
+        **{c: n for c, (n, _) in REAL_VALIDATION.items()},
+        **{f"{c}-gallery": g for c, (_, g) in REAL_VALIDATION.items()},
+    }
     assert "skipped" not in card
 
 
@@ -207,6 +213,15 @@ def test_image_path_escaping_the_root_is_refused(tmp_path):
             build_fashioniq(raw, tmp_path / "out", on_missing=on_missing)
 
 
+def test_symlink_leaving_the_image_root_is_refused(tmp_path):
+    raw = _small_raw(tmp_path / "raw")
+    (tmp_path / "secret.jpg").write_bytes(_jpeg())
+    (raw / "images" / "A2.jpg").unlink()
+    (raw / "images" / "A2.jpg").symlink_to(tmp_path / "secret.jpg")
+    with pytest.raises(UnsafePathError, match="'A2.jpg' escapes the image root"):
+        build_fashioniq(raw, tmp_path / "out", on_missing="skip", num_proc=2)
+
+
 def _bomb_png() -> bytes:
     """A valid 8x8 PNG whose header claims 30000x30000 pixels: what a decompression bomb looks like."""
     buffer = io.BytesIO()
@@ -252,6 +267,10 @@ def test_unknown_category_and_split(tmp_path):
         build_fashioniq(raw, tmp_path / "out", splits=["train"])
     with pytest.raises(DataError, match="no caption file for category 'shirt'"):
         build_fashioniq(raw, tmp_path / "out", categories=["shirt"])
+    with pytest.raises(DataError, match="unknown on_missing 'ignore'"):
+        build_fashioniq(raw, tmp_path / "out", on_missing="ignore")
+    with pytest.raises(DataError, match="num_proc must be at least 1, got 0"):
+        build_fashioniq(raw, tmp_path / "out", num_proc=0)
 
 
 def test_cli_builds_and_reports_errors_on_one_line(tmp_path, capsys):

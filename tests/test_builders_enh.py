@@ -38,14 +38,21 @@ def release(tmp_path):
         Image.new("RGB", (8, 8), "white").save(buffer, format="JPEG")
         (raw / "images" / f"{asin}.jpg").write_bytes(buffer.getvalue())
     enhanced = tmp_path / "enhanced"
-    _write(enhanced / "cap.dress.val.json", [
-        {"candidate": "A1", "target": "A2", "captions": ["is a red mini dress with short sleeves"]},
-        {"candidate": "A1", "target": "A2", "captions": ["is a red dress, second pair"]},
-        {"candidate": "A4", "target": "A1", "captions": ["not a Fashion IQ pair"]},
-    ])  # fmt: skip
-    _write(enhanced / "cap.dress.test.json", [
-        {"candidate": "A1", "captions": ["first test text"]}, {"candidate": "A1", "captions": ["second test text"]},
-    ])  # fmt: skip
+    _write(
+        enhanced / "cap.dress.val.json",
+        [
+            {"candidate": "A1", "target": "A2", "captions": ["is a red mini dress with short sleeves"]},
+            {"candidate": "A1", "target": "A2", "captions": ["is a red dress, second pair"]},
+            {"candidate": "A4", "target": "A1", "captions": ["not a Fashion IQ pair"]},
+        ],
+    )
+    _write(
+        enhanced / "cap.dress.test.json",
+        [
+            {"candidate": "A1", "captions": ["first test text"]},
+            {"candidate": "A1", "captions": ["second test text"]},
+        ],
+    )
     return raw, enhanced
 
 

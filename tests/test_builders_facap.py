@@ -66,7 +66,11 @@ def test_categories_discovered_and_configs(facap_build):
     assert list(configs) == ["dress", "dress-gallery", "skirt", "skirt-gallery"]
     assert list(configs["dress"]) == ["train", "validation"]
     row = configs["skirt"]["train"][0]
-    assert row["category"] == "skirt" and row["captions"] == [row["captions"][0]] and row["captions"][0].startswith(" make")
+    assert (
+        row["category"] == "skirt"
+        and row["captions"] == [row["captions"][0]]
+        and row["captions"][0].startswith(" make")
+    )
     assert row["reference_caption"] == f"a long caption of {row['reference_id']}"
     assert row["target_caption"] == f"a long caption of {row['target_id']}"
 
@@ -107,8 +111,13 @@ def test_split_is_deterministic_and_independent_of_file_order(tmp_path, facap_bu
 def test_uncaptioned_images_are_null_and_counted(facap_build):
     root, configs = facap_build
     key = _image_key("dresses", 3)
-    rows = [r for split in ("train", "validation") for r in configs["dress"][split].select_columns(
-        ["reference_id", "target_id", "reference_caption", "target_caption"])]  # fmt: skip
+    rows = [
+        r
+        for split in ("train", "validation")
+        for r in configs["dress"][split].select_columns(
+            ["reference_id", "target_id", "reference_caption", "target_caption"]
+        )
+    ]
     assert all(r["reference_caption"] is None for r in rows if r["reference_id"] == key)
     assert any(r["reference_id"] == key or r["target_id"] == key for r in rows)
     text = (root / "out" / "README.md").read_text()
@@ -147,8 +156,22 @@ def test_bad_facap_inputs(tmp_path):
 def test_cli_facap(tmp_path, capsys):
     raw, images = _facap_raw(tmp_path)
     out = tmp_path / "out"
-    code = main(["build", "facap", "--raw-dir", str(raw), "--images-dir", str(images), "--out", str(out),
-                 "--categories", "skirt", "--val-fraction", "0.1"])  # fmt: skip
+    code = main(
+        [
+            "build",
+            "facap",
+            "--raw-dir",
+            str(raw),
+            "--images-dir",
+            str(images),
+            "--out",
+            str(out),
+            "--categories",
+            "skirt",
+            "--val-fraction",
+            "0.1",
+        ]
+    )
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
     text = (out / "README.md").read_text()
     assert "--categories skirt --val-fraction 0.1" in text and "Fashion200k" in text

@@ -184,12 +184,12 @@ def test_invalid_configs(tmp_path, configs, message):
 
 def test_columns_must_follow_the_schema(tmp_path):
     configs = _configs()
-    configs["dress-gallery"] = DatasetDict(validation=configs["dress-gallery"]["validation"].rename_column("image", "img"))
+    renamed = configs["dress-gallery"]["validation"].rename_column("image", "picture")
+    configs["dress-gallery"] = DatasetDict(validation=renamed)
     with pytest.raises(SchemaError, match=r"'dress-gallery' split 'validation': columns must start with"):
         write_dataset(tmp_path / "ds", configs, card=_card())
     configs = _configs()
-    configs["dress"]["train"] = configs["dress"]["train"].select_columns(["target_id", "reference_id", "captions",
-                                                                         "category", "reference_image", "target_image"])
+    configs["dress"]["train"] = configs["dress"]["train"].remove_columns("category")
     with pytest.raises(SchemaError, match="'dress' split 'train'"):
         write_dataset(tmp_path / "ds", configs, card=_card())
     assert not (tmp_path / "ds").exists()

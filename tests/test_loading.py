@@ -19,7 +19,11 @@ from facap_dataset.schema import GALLERY_FEATURES
 def built(tmp_path):
     buffer = io.BytesIO()
     Image.new("RGB", (4, 4), "blue").save(buffer, format="JPEG")
-    rows = {"image_id": ["a", "b", "c"], "category": ["shirt"] * 3, "image": [{"bytes": buffer.getvalue(), "path": None}] * 3}
+    rows = {
+        "image_id": ["a", "b", "c"],
+        "category": ["shirt"] * 3,
+        "image": [{"bytes": buffer.getvalue(), "path": None}] * 3,
+    }
     configs = {"shirt-gallery": DatasetDict(validation=Dataset.from_dict(rows, features=GALLERY_FEATURES))}
     card = DatasetCardInfo(pretty_name="Load test", description="d", source="s", license="mit", build_command="pytest")
     return write_dataset(tmp_path / "org" / "name", configs, card=card)

@@ -27,7 +27,9 @@ def test_real_fashioniq_files_read_exactly(fashioniq_annotations):
     assert [list(t.captions) for t in triplets] == [entry["captions"] for entry in raw]
     assert any(c == "" for t in triplets for c in t.captions)  # empty captions survive
     assert any(c.startswith(" ") for t in triplets for c in t.captions)  # so do leading spaces
-    test = readers.read_triplets(readers.fashioniq_captions_path(fashioniq_annotations, "dress", "test"), target_required=False)
+    test = readers.read_triplets(
+        readers.fashioniq_captions_path(fashioniq_annotations, "dress", "test"), target_required=False
+    )
     assert len(test) == 2024 and all(t.target is None for t in test)
     gallery = readers.read_image_split(readers.fashioniq_split_path(fashioniq_annotations, "shirt", "validation"))
     assert len(gallery) == 6346 and gallery[0] == "B000KENMD8"
@@ -67,7 +69,10 @@ def test_missing_and_non_utf8_files(tmp_path):
 
 
 def test_test_split_keeps_a_target_given_anyway(tmp_path):
-    path = _write(tmp_path / "c.json", [{"candidate": "A", "captions": ["x", "y"]}, {"candidate": "B", "target": "C", "captions": ["z"]}])
+    path = _write(
+        tmp_path / "c.json",
+        [{"candidate": "A", "captions": ["x", "y"]}, {"candidate": "B", "target": "C", "captions": ["z"]}],
+    )
     assert [t.target for t in readers.read_triplets(path, target_required=False)] == [None, "C"]
 
 
@@ -131,3 +136,24 @@ def test_truncated_image_raises_naming_it(tmp_path):
         readers.read_image_bytes(path)
     with pytest.raises(FileNotFoundError):
         readers.read_image_bytes(tmp_path / "absent.jpg")
+
+
+@pytest.mark.parametrize(
+    ("mode", "options"),
+    [
+        ("RGB", {}),
+        ("RGB", {"progressive": True}),
+        ("RGB", {"exif": b"Exif\x00\x00" + b"\x00" * 40}),
+        ("L", {}),
+        ("CMYK", {}),
+    ],
+    ids=["rgb", "rgb-progressive", "rgb-exif", "gray", "cmyk"],
+)
+def test_rgb_jpeg_sniffing_agrees_with_pillow(mode, options):
+    buffer = io.BytesIO()
+    Image.new(mode, (8, 8)).save(buffer, format="JPEG", **options)
+    data = buffer.getvalue()
+    with Image.open(io.BytesIO(data)) as image:
+        assert readers.is_rgb_jpeg(data) == (image.mode == "RGB")
+    assert not readers.is_rgb_jpeg(data[:4])
+    assert not readers.is_rgb_jpeg(_saved(Image.new("RGB", (8, 8)), "PNG"))

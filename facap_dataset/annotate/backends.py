@@ -67,14 +67,18 @@ class BackendOptions:
     batch_size: int = 8
     device: str | None = None
 
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise BackendError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        if self.backend == "openai" and not self.base_url:
+            raise BackendError("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
+
 
 def make_backend(options: BackendOptions, task: str) -> Backend:
     """Build the backend for `task` ("image-text-to-text" for stage 1, "text-generation" for stage 2)."""
     if options.backend == "openai":
         from .openai_client import OpenAIBackend
 
-        if not options.base_url:
-            raise BackendError("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
         return OpenAIBackend(
             options.base_url,
             options.model,
@@ -96,4 +100,4 @@ def make_backend(options: BackendOptions, task: str) -> Backend:
             device=options.device,
             max_new_tokens=options.max_new_tokens,
         )
-    raise BackendError(f"unknown backend {options.backend!r}; expected one of {', '.join(BACKENDS)}")
+    raise AssertionError(f"BackendOptions admitted an unknown backend {options.backend!r}")

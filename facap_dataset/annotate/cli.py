@@ -11,7 +11,15 @@ from .backends import BACKENDS, BackendOptions, make_backend
 from .prompts import load_template
 from .runner import RunSummary
 from .sources import DatasetImages, FolderImages, pair_images, read_captions, read_pairs
-from .stages import ON_MISSING, OUTPUT_FORMATS, StageRun, annotate_captions, annotate_modifications, enhance_fashioniq
+from .stages import (
+    ON_MISSING,
+    OUTPUT_FORMATS,
+    StageRun,
+    annotate_captions,
+    annotate_modifications,
+    enhance_fashioniq,
+    fashioniq_split,
+)
 from .validate import CAPTION_RULES, MODIFICATION_RULES, OutputRules
 
 VLM_TASK, LLM_TASK = "image-text-to-text", "text-generation"
@@ -91,7 +99,7 @@ def _add_enhance(commands: argparse._SubParsersAction) -> None:
                         help="folder holding captions/ (and image_splits/) of Fashion IQ")
     parser.add_argument("--images", type=Path, help="Fashion IQ image folder (default: ROOT/images)")
     parser.add_argument("--category", required=True)
-    parser.add_argument("--split", required=True, help="train or val (test hides its targets)")
+    parser.add_argument("--split", required=True, help="train or val (or validation); test hides its targets")
     parser.add_argument("--caption-model", help="stage-1 VLM (default: --model, e.g. one VLM served for both)")
     parser.add_argument("--caption-prompt", type=Path, help="stage-1 prompt template file")
     _add_stage_args(parser, MODIFICATION_RULES, "enhance")
@@ -142,6 +150,7 @@ def run_pairs(args: argparse.Namespace) -> int:
 
 
 def run_captions(args: argparse.Namespace) -> int:
+    options, template = _backend_options(args), load_template("caption", args.prompt)
     pairs_file = read_pairs(args.pairs) if args.pairs else None
     category = args.category or args.config or (pairs_file.category if pairs_file else None)
     split = args.split or (pairs_file.split if pairs_file else None) or "train"
@@ -153,28 +162,28 @@ def run_captions(args: argparse.Namespace) -> int:
         source = DatasetImages(args.dataset, args.config, split)
     else:
         source = FolderImages(args.images)
+    run = _stage_run(args, category, split, CAPTION_RULES)
     image_ids = pair_images(pairs_file.pairs) if pairs_file else source.ids()
-    backend = make_backend(_backend_options(args), VLM_TASK)
+    backend = make_backend(options, VLM_TASK)
     try:
-        summary, path = annotate_captions(source, image_ids, backend, load_template("caption", args.prompt),
-                                          _stage_run(args, category, split, CAPTION_RULES))
+        summary, path = annotate_captions(source, image_ids, backend, template, run)
     finally:
         backend.close()
     return _finish([summary], path)
 
 
 def run_modifications(args: argparse.Namespace) -> int:
+    options, template = _backend_options(args), load_template("modification", args.prompt)
     pairs_file = read_pairs(args.pairs)
     category = args.category or pairs_file.category
     split = args.split or pairs_file.split
     if not category or not split:
         raise DataError(f"{args.pairs} does not name its category and split: pass --category and --split")
     captions = read_captions(args.captions, category, split)
-    backend = make_backend(_backend_options(args), LLM_TASK)
+    run = _stage_run(args, category, split, MODIFICATION_RULES)
+    backend = make_backend(options, LLM_TASK)
     try:
-        summary, path = annotate_modifications(pairs_file.pairs, captions, backend,
-                                               load_template("modification", args.prompt),
-                                               _stage_run(args, category, split, MODIFICATION_RULES),
+        summary, path = annotate_modifications(pairs_file.pairs, captions, backend, template, run,
                                                output_format=args.output_format)
     finally:
         backend.close()
@@ -182,13 +191,14 @@ def run_modifications(args: argparse.Namespace) -> int:
 
 
 def run_enhance(args: argparse.Namespace) -> int:
-    run = _stage_run(args, args.category, args.split, MODIFICATION_RULES)
+    run = _stage_run(args, args.category, fashioniq_split(args.split), MODIFICATION_RULES)
     caption_options = _backend_options(args, model=args.caption_model or args.model)
+    options = _backend_options(args)
     caption_template = load_template("caption", args.caption_prompt)
     template = load_template("enhance", args.prompt)
     caption_backend = make_backend(caption_options, VLM_TASK)
     try:
-        backend = make_backend(_backend_options(args), LLM_TASK)
+        backend = make_backend(options, LLM_TASK)
         try:
             summaries, path = enhance_fashioniq(args.fashioniq_root, args.images or args.fashioniq_root / "images",
                                                 caption_backend, backend, caption_template, template, run,

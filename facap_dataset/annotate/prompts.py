@@ -21,16 +21,17 @@ class PromptError(DataError):
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """A named, versioned template whose placeholders are exactly the stage's `fields`."""
+    """A named, versioned template. It may use any of the stage's `fields` and must use its `required` ones."""
 
     name: str
     version: str
     text: str
     fields: tuple[str, ...]
+    required: tuple[str, ...]
 
     def __post_init__(self) -> None:
         used = placeholders(self.text, origin=self.version)
-        missing = [field for field in self.fields if field not in used]
+        missing = [field for field in self.required if field not in used]
         if missing:
             raise PromptError(
                 f"prompt template {self.version!r} is missing the required placeholder(s) "
@@ -45,6 +46,7 @@ class PromptTemplate:
             )
 
     def render(self, **values: str) -> str:
+        """Fill the template; `values` must hold every field of the stage (unused ones are ignored)."""
         return self.text.format(**{field: values[field] for field in self.fields})
 
 
@@ -63,11 +65,15 @@ def placeholders(text: str, *, origin: str) -> set[str]:
 CAPTION_FIELDS = ("category",)
 MODIFICATION_FIELDS = ("category", "reference_caption", "target_caption")
 ENHANCE_FIELDS = ("category", "reference_caption", "target_caption", "original_captions")
+# What a template cannot do without: stage 2 is meaningless without both captions, enhance without the
+# original human texts. A caption prompt may describe "the garment" without naming its category.
+REQUIRED_FIELDS = {"caption": (), "modification": MODIFICATION_FIELDS[1:], "enhance": ENHANCE_FIELDS[1:]}
 
 CAPTION_V1 = PromptTemplate(
     name="caption",
     version="caption-v1",
     fields=CAPTION_FIELDS,
+    required=REQUIRED_FIELDS["caption"],
     text=(
         "You are a fashion expert writing a product description for an online catalogue. Describe the "
         "{category} in this image in detail, using precise fashion vocabulary. Cover its garment type, "
@@ -81,6 +87,7 @@ MODIFICATION_V1 = PromptTemplate(
     name="modification",
     version="modification-v1",
     fields=MODIFICATION_FIELDS,
+    required=REQUIRED_FIELDS["modification"],
     text=(
         "Two {category} products are described below.\n"
         "Reference: {reference_caption}\n"
@@ -97,6 +104,7 @@ ENHANCE_V1 = PromptTemplate(
     name="enhance",
     version="enhance-v1",
     fields=ENHANCE_FIELDS,
+    required=REQUIRED_FIELDS["enhance"],
     text=(
         "Two {category} products are described below.\n"
         "Reference: {reference_caption}\n"
@@ -126,6 +134,7 @@ def load_template(stage: str, path: str | Path | None = None) -> PromptTemplate:
         raise PromptError(f"prompt template {path} is empty")
     digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
     try:
-        return PromptTemplate(name=stage, version=f"{stage}-{path.stem}-{digest}", text=text, fields=builtin.fields)
+        return PromptTemplate(name=stage, version=f"{stage}-{path.stem}-{digest}", text=text, fields=builtin.fields,
+                              required=builtin.required)
     except PromptError as error:
         raise PromptError(f"{path}: {error}") from None

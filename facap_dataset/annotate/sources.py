@@ -60,7 +60,10 @@ class FolderImages:
         path = self.path(image_id)
         if path is None:
             raise MissingImageError(f"image {image_id!r} is not in {self.root}")
-        return path.read_bytes()
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise DataError(f"image {path} cannot be read: {error}") from error
 
     def missing(self, image_ids: Iterable[str]) -> list[str]:
         return [image_id for image_id in image_ids if self.path(image_id) is None]

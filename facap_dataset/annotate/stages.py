@@ -166,6 +166,15 @@ def _modification_job(pair: Pair, captions: dict[str, str], template: PromptTemp
 FASHIONIQ_SPLITS = ("train", "val")
 
 
+def fashioniq_split(split: str) -> str:
+    """Fashion IQ's file name for a split with targets (`validation` is accepted for `val`)."""
+    split = {"validation": "val"}.get(split, split)
+    if split not in FASHIONIQ_SPLITS:
+        raise DataError(f"enhFashionIQ needs targets: split must be one of {', '.join(FASHIONIQ_SPLITS)}, "
+                        f"got {split!r} (Fashion IQ's test split hides its targets)")
+    return split
+
+
 def enhance_fashioniq(fashioniq_root: Path, images: Path, caption_backend: Backend, backend: Backend,
                       caption_template: PromptTemplate, template: PromptTemplate, run: StageRun,
                       caption_rules: OutputRules) -> tuple[list[RunSummary], Path]:
@@ -173,9 +182,7 @@ def enhance_fashioniq(fashioniq_root: Path, images: Path, caption_backend: Backe
     as `captions/cap.{cat}.{split}.json` (plus the split's image list), i.e. a Fashion IQ root."""
     from .sources import read_pairs
 
-    if run.split not in FASHIONIQ_SPLITS:
-        raise DataError(f"enhFashionIQ needs targets: split must be one of {', '.join(FASHIONIQ_SPLITS)}, "
-                        f"got {run.split!r} (Fashion IQ's test split hides its targets)")
+    run = replace(run, split=fashioniq_split(run.split))
     source_file = fashioniq_captions_path(fashioniq_root, run.category, run.split)
     pairs = read_pairs(source_file).pairs
     folder = FolderImages(images)

@@ -26,6 +26,8 @@ CATEGORY_WORDS["outfit"] = frozenset()
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 _SENTENCE_BREAK = re.compile(r"[.!?]+[\"')\]]*\s+(?=\S)")
 _WRAPPING_QUOTES = "\"'`“”‘’"
+# Chat models sometimes decline or talk about themselves instead of answering; such text is not data.
+_REFUSAL = re.compile(r"^(i'?m sorry|sorry,|i can(no|')t|i am unable|i'm unable|as an ai)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ def check_output(text: str, rules: OutputRules, category: str) -> str | None:
     """None when `text` (already cleaned) is acceptable, else a short reason."""
     if not text:
         return "empty output"
+    if _REFUSAL.match(text):
+        return "refusal"
     words = len(text.split())
     if words < rules.min_words:
         return f"too short ({words} words < {rules.min_words})"
