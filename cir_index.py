@@ -104,7 +104,7 @@ class CIRIndex:
         nlist: int | None = None,
         nprobe: int = 16,
         hnsw_m: int = 32,
-        ef_search: int = 128,
+        ef_search: int = 256,
     ):
         if backend not in BACKENDS:
             raise RetrievalError(f"unknown index backend {backend!r}; expected one of {', '.join(BACKENDS)}")

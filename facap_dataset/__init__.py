@@ -2,6 +2,7 @@
 
 from .captions import CAPTION_JOIN_RULES, join_captions
 from .errors import DataError, MissingImageError, SchemaError, UnsafePathError
+from .loading import load
 from .schema import FASHIONIQ_CATEGORIES, GALLERY_FEATURES, SPLITS, TRIPLET_FEATURES, gallery_config
 
 __all__ = [
@@ -16,4 +17,5 @@ __all__ = [
     "UnsafePathError",
     "gallery_config",
     "join_captions",
+    "load",
 ]
