@@ -11,7 +11,9 @@ index cached under `--cache-dir`, keyed by the model's and the dataset's fingerp
 from __future__ import annotations
 
 import argparse
+import functools
 import io
+import os
 import sys
 import tempfile
 import time
@@ -83,7 +85,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="a saved CIRIndex folder to search instead of encoding the gallery; CONFIG= is needed with several configs",
     )
     parser.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="gallery embedding cache, shared with eval_cir.py (default: %(default)s)"
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help="gallery embedding cache, shared with eval_cir.py (default: %(default)s)",
     )
     parser.add_argument(
         "--save-index", type=Path, metavar="DIR", help="write each gallery's index to DIR/CONFIG for --index, then exit"
@@ -92,8 +97,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-examples", type=int, default=4, help="example triplets per category")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when present, else cpu)")
     parser.add_argument("--batch-size", type=int, default=64, help="batch size when encoding the catalogue")
-    parser.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=7860, help="port to serve on (default: %(default)s)")
+    # Left to Gradio by default: 127.0.0.1 and the first free port from 7860, unless GRADIO_SERVER_NAME /
+    # GRADIO_SERVER_PORT say otherwise (as they do on a Hugging Face Space).
+    parser.add_argument("--host", help="address to serve on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to serve on (default: the first free one from 7860)")
     args = parser.parse_args(argv)
     if args.top_k < 1:
         parser.error(f"--top-k must be >= 1, got {args.top_k}")
@@ -160,8 +167,12 @@ class Catalogue:
         """Path of the image of gallery row `row`, written on first use (the browser is served files)."""
         path = self.files_dir / self.config / f"{row:07d}.{_image_suffix(self.image_bytes[row])}"
         if not path.exists():
+            # Written aside and renamed: handlers run in threads, and none may serve a half-written file.
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(self.image_bytes[row])
+            handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+            with open(handle, "wb") as stream:
+                stream.write(self.image_bytes[row])
+            os.replace(temp, path)
         return str(path)
 
     def image(self, row: int) -> Image.Image:
@@ -427,49 +438,50 @@ def load_model(model: str, device: torch.device):
         raise AppError(f"cannot load model {model!r}: {error}") from error
 
 
-def index_for(args, model, processor, config: str, gallery: datasets.Dataset, index_dir: Path | None):
+def index_for(args, model, processor, config: str, gallery: datasets.Dataset, index_dir: Path | None, fingerprint):
     """The gallery's CIRIndex and where it came from: the saved one when given, else built from the gallery
     embeddings, which are encoded with a progress bar and cached the way eval_cir caches them (the same
-    `--cache-dir` serves both)."""
+    `--cache-dir` serves both). `fingerprint()` gives the model fingerprint that keys the cache."""
     if index_dir is not None:
         try:
-            index, source = CIRIndex.load(index_dir), f"loaded from {index_dir}"
+            return CIRIndex.load(index_dir), f"loaded from {index_dir}"
         except RetrievalError as error:
             raise AppError(f"--index {index_dir}: {error}") from error
-    else:
-        settings = eval_cir._Settings(args.batch_size, model.device, torch.float32, 0, True)
-        with torch.inference_mode():
-            fingerprint = model_fingerprint(model, processor)
-            embeddings, ids, _, cache_state = eval_cir._gallery_embeddings(
-                model, processor, gallery, category_of(config), args.split, settings, args.cache_dir, fingerprint
-            )
-        source = f"read from the cache in {args.cache_dir}" if cache_state == "hit" else f"built, cached in {args.cache_dir}"
-        if embeddings.ndim != 2:
-            raise AppError(f"model {args.model!r} gives per-token candidate embeddings (matching='max'); "
-                           "the demo searches (N, D) embeddings of a multihead-matching model")
-        index = CIRIndex.build(embeddings.float(), ids)
-    return index, source
+    settings = eval_cir._Settings(args.batch_size, model.device, torch.float32, 0, True)
+    with torch.inference_mode():
+        embeddings, ids, _, cache_state = eval_cir._gallery_embeddings(
+            model, processor, gallery, category_of(config), args.split, settings, args.cache_dir, fingerprint()
+        )
+    if embeddings.ndim != 2:
+        raise AppError(
+            f"model {args.model!r} gives per-token candidate embeddings (matching='max'); "
+            "the demo searches the (N, D) embeddings of a multihead-matching model"
+        )
+    cached = f"read from the cache in {args.cache_dir}" if cache_state == "hit" else f"built, cached in {args.cache_dir}"
+    return CIRIndex.build(embeddings.float(), ids), cached
 
 
-def load_catalogue(args, model, processor, config: str, index_dir: Path | None, files_dir: Path) -> Catalogue:
+def load_catalogue(args, model, processor, config: str, index_dir: Path | None, fingerprint, files_dir: Path) -> Catalogue:
     gallery = load_gallery(args.dataset, config, args.split)
-    index, source = index_for(args, model, processor, config, gallery, index_dir)
-    raw = gallery.cast_column("image", datasets.Image(decode=False))
-    return Catalogue(config, list(gallery["image_id"]), [item["bytes"] for item in raw["image"]], index, source, files_dir)
+    index, source = index_for(args, model, processor, config, gallery, index_dir, fingerprint)
+    images = [item["bytes"] for item in gallery.cast_column("image", datasets.Image(decode=False))["image"]]
+    return Catalogue(config, list(gallery["image_id"]), images, index, source, files_dir)
 
 
 def load_examples(args, categories: Sequence[str], files_dir: Path) -> list[Example]:
-    """The first `--num-examples` validation triplets of each category that has a triplet config."""
+    """The first `--num-examples` validation triplets (with a target and captions) of each category that has
+    a triplet config; their images are written to `files_dir` for the browser."""
     available = set(datasets.get_dataset_config_names(args.dataset))
-    examples: list[Example] = []
     folder = files_dir / "examples"
     folder.mkdir(parents=True, exist_ok=True)
-    for category in categories:
-        if category not in available or args.num_examples < 1:
-            continue
+    examples: list[Example] = []
+    for category in (c for c in categories if c in available and args.num_examples > 0):
         triplets = datasets.load_dataset(args.dataset, category, split=args.split)
-        triplets = triplets.filter(lambda target: target is not None, input_columns="target_id")
-        for number, row in enumerate(triplets.select(range(min(args.num_examples, len(triplets))))):
+        usable = triplets.filter(
+            lambda target, captions: target is not None and any(c.strip() for c in captions),
+            input_columns=["target_id", "captions"],
+        )
+        for number, row in enumerate(usable.select(range(min(args.num_examples, len(usable))))):
             reference = folder / f"{category}-{number}-reference.png"
             target = folder / f"{category}-{number}-target.png"
             row["reference_image"].convert("RGB").save(reference)
@@ -484,9 +496,11 @@ def create_app(args: argparse.Namespace, files_dir: Path) -> tuple[gr.Blocks, Se
     index_dirs = parse_index_options(args.indexes, configs)
     device = select_device(args.device)
     model, processor = load_model(args.model, device)
+    # Hashing the weights costs seconds for a BLIP-2-sized model: once, and only if some gallery is encoded.
+    fingerprint = functools.cache(lambda: model_fingerprint(model, processor))
     catalogues = {}
     for config in configs:
-        catalogue = load_catalogue(args, model, processor, config, index_dirs.get(config), files_dir)
+        catalogue = load_catalogue(args, model, processor, config, index_dirs.get(config), fingerprint, files_dir)
         catalogues[catalogue.category] = catalogue
     engine = SearchEngine(model, processor, device, catalogues, files_dir)
     engine.check_dimensions()
@@ -527,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             launch(demo, args, Path(files_dir))
         except OSError as error:  # e.g. the port is taken
-            print(f"error: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
+            print(f"error: cannot start the web server: {error}", file=sys.stderr)
             return 1
     return 0
 

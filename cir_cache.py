@@ -43,7 +43,7 @@ def gallery_fingerprint(gallery: datasets.Dataset, id_column: str = "image_id", 
     """sha256 of the gallery's ids and image bytes, read from Arrow without decoding any image."""
     digest = hashlib.sha256()
     table = gallery.with_format("arrow")
-    for batch in table.iter(batch_size=1024):
+    for batch in table.iter(batch_size=64):  # bounded memory: a batch of image bytes at a time
         for image_id, image in zip(batch[id_column].to_pylist(), batch[image_column].to_pylist()):
             digest.update(f"{len(image_id)}:{image_id}".encode())
             data = (image or {}).get("bytes") or b""

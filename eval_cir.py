@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from cir_cache import cache_key, gallery_fingerprint, load_cached_gallery, model_fingerprint, save_cached_gallery
 from cir_index import CIRIndex
-from cir_ranking import DEFAULT_K_VALUES, NO_INDEX, Ranking, RetrievalError, inner_product, rank_gallery, recall_at_k
+from cir_ranking import DEFAULT_CHUNK_BYTES, DEFAULT_K_VALUES, NO_INDEX, Ranking, RetrievalError, inner_product, rank_gallery, recall_at_k
 from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
 from facap_dataset.errors import DataError
 from facap_dataset.export import read_card_data
@@ -258,17 +258,17 @@ def _evaluate_config(model, processor, dataset, config, split, available, option
     gallery = _load_split(dataset, gallery_config(config), split, available)
     if len(triplets) == 0 or len(gallery) == 0:
         raise DataError(f"{config} ({split}) has {len(triplets)} triplets and {len(gallery)} gallery images")
-    gallery_embeddings, gallery_ids, gallery_fp, cache_state = _gallery_embeddings(
-        model, processor, gallery, config, split, settings, options["cache_dir"], model_fp
-    )
-    queries = encode_queries(model, processor, triplets, options["mode"], options["caption_join"], settings, f"{config} queries")
-    if options["mode"] == "image-only" and gallery_embeddings.ndim != 2:
-        raise EvalError("the image-only baseline needs (N, D) candidate embeddings (a multihead model)")
-    rows = {image_id: row for row, image_id in enumerate(gallery_ids)}
     target_ids = triplets["target_id"]
     hidden = all(t is None for t in target_ids)
     if hidden and not options["predictions"]:
         raise EvalError(f"{config} ({split}) has no targets: pass a predictions folder to rank its queries")
+    gallery_embeddings, gallery_ids, gallery_fp, cache_state = _gallery_embeddings(
+        model, processor, gallery, config, split, settings, options["cache_dir"], model_fp
+    )
+    if options["mode"] == "image-only" and gallery_embeddings.ndim != 2:
+        raise EvalError("the image-only baseline needs (N, D) candidate embeddings (a multihead model)")
+    queries = encode_queries(model, processor, triplets, options["mode"], options["caption_join"], settings, f"{config} queries")
+    rows = {image_id: row for row, image_id in enumerate(gallery_ids)}
     targets = None if hidden else _index_of(target_ids, rows)
     references = _index_of(triplets["reference_id"], rows)
     if settings.device.type == "cpu":  # half-precision matmuls are slow on CPU: rank in fp32
@@ -281,6 +281,8 @@ def _evaluate_config(model, processor, dataset, config, split, available, option
             targets=targets,
             exclude=references if options["exclude_reference"] else None,
             score_fn=_score_fn(model, gallery_embeddings),
+            # `max` matching scores through a (rows, N, n_q) temporary: shrink the chunk to match
+            chunk_bytes=DEFAULT_CHUNK_BYTES // (gallery_embeddings.shape[1] if gallery_embeddings.ndim == 3 else 1),
         )
     except RetrievalError as error:
         raise RetrievalError(f"{config} ({split}): {error}") from error

@@ -16,6 +16,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -29,6 +30,13 @@ from cir_ranking import DEFAULT_K_VALUES, rank_gallery, recall_at_k  # noqa: E40
 
 TOP_K = 50
 MiB = 2**20
+# glibc keeps freed blocks of up to 32 MiB in its arenas; returning anything >= 64 KiB to the system at
+# once makes the resident size track live memory, which is what the memory runs compare.
+# Per-batch transients (image preprocessing, activations) grow with the batch size, not the gallery; a batch
+# that both set sizes fill keeps them equal across the two memory runs, so their difference shows what grows
+# with N.
+MEMORY_BATCH_SIZE = 16
+CHILD_ENV = {"HF_HUB_OFFLINE": "1", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
 
 
 def log(message: str) -> None:
@@ -61,6 +69,8 @@ def best_time(function, repeats: int) -> float:
     for _ in range(repeats):
         start = time.perf_counter()
         function()
+        if torch.cuda.is_available():  # kernels are asynchronous: wait for them before reading the clock
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -110,15 +120,16 @@ def faiss_backends(size: int, num_queries: int, dim: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------- memory
-def _rss_peak_kib() -> int:
+def _anon_rss_bytes() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmHWM in /proc/self/status")
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no RssAnon in /proc/self/status")
 
 
 def memory_child(model_dir: str, dataset_dir: str) -> None:
-    """Run in a fresh process: evaluate, and print the peak-RSS growth during `evaluate` as JSON."""
+    """Run in a fresh process: evaluate, sampling the anonymous RSS (heap and tensors; not the memory-mapped
+    Arrow files) every millisecond, and print its peak growth during `evaluate` as JSON."""
     import datasets
 
     import eval_cir
@@ -126,53 +137,70 @@ def memory_child(model_dir: str, dataset_dir: str) -> None:
     model, processor = eval_cir.load_model_and_processor(model_dir, "cpu")
     for config in datasets.get_dataset_config_names(dataset_dir):  # datasets' one-time Arrow conversion
         datasets.load_dataset(dataset_dir, config, split="validation")
-    before_kib = _rss_peak_kib()
-    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
-    reset_kib = _rss_peak_kib()
-    results = eval_cir.evaluate(model, processor, dataset_dir, progress=False)
-    peak_kib = _rss_peak_kib()
-    print(json.dumps({"before_kib": before_kib, "reset_kib": reset_kib, "peak_kib": peak_kib,
-                      "configs": results["configs"], "mean": results["average"]["mean"]}))  # fmt: skip
+    baseline, peak, done = _anon_rss_bytes(), [0], threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _anon_rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        results = eval_cir.evaluate(model, processor, dataset_dir, batch_size=MEMORY_BATCH_SIZE, progress=False)
+    finally:
+        done.set()
+        sampler.join()
+    print(json.dumps({"growth_bytes": max(peak[0], _anon_rss_bytes()) - baseline, "configs": results["configs"]}))
 
 
-def eval_memory(work: Path, num_images: int) -> dict:
-    from facap_dataset.synthetic import build_synthetic
+def _demo_model(folder: Path):
     from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
 
-    log(f"building a {num_images}-image synthetic set and a random demo model ...")
-    dataset_dir = build_synthetic(work / "synthetic", num_images=num_images)
     config = FashionBlip2Config.from_preset("demo")
-    model = FashionBlip2Model(config)
     processor = FashionBlip2Processor.from_texts(
         ["is red blue longer shorter with stripes sleeves darker lighter and"],
         image_size=config.vision_config.image_size,
         max_text_length=config.max_text_length,
     )
-    model.save_pretrained(work / "model")
-    processor.save_pretrained(work / "model")
-    log("measuring eval_cir's peak memory in a fresh process ...")
+    FashionBlip2Model(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return config
+
+
+def _measure(work: Path, model_dir: Path, num_images: int) -> dict:
+    from facap_dataset.synthetic import build_synthetic
+
+    log(f"building a {num_images}-image synthetic set and measuring eval_cir on it in a fresh process ...")
+    dataset_dir = build_synthetic(work / f"synthetic-{num_images}", num_images=num_images)
     child = subprocess.run(
-        [sys.executable, __file__, "--memory-child", str(work / "model"), str(dataset_dir)],
-        capture_output=True, text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        [sys.executable, __file__, "--memory-child", str(model_dir), str(dataset_dir)],
+        capture_output=True, text=True, check=True, env={**os.environ, **CHILD_ENV},
     )  # fmt: skip
     measured = json.loads(child.stdout.strip().splitlines()[-1])
     sizes = [(m["gallery_size"], m["num_queries"]) for m in measured["configs"].values()]
-    embedding_bytes = sum(n + q for n, q in sizes) * config.embedding_dim * 4
+    return {"synthetic_images": num_images, "gallery_images": sum(n for n, _ in sizes),
+            "queries": sum(q for _, q in sizes), "growth_bytes": measured["growth_bytes"]}  # fmt: skip
+
+
+def eval_memory(work: Path, image_counts: list[int]) -> dict:
+    """Peak memory growth of `evaluate` on synthetic sets of two sizes, against what it must hold (the
+    `(N, D)` gallery and `(Q, D)` query embeddings) and what a ViT token cache would hold."""
+    config = _demo_model(work / "model")
+    runs = [_measure(work, work / "model", count) for count in image_counts]
     vision = config.vision_config
     tokens = (vision.image_size // vision.patch_size) ** 2 + 1
-    token_cache_bytes = sum(n for n, _ in sizes) * tokens * vision.hidden_size * 4
-    growth = (measured["peak_kib"] - measured["reset_kib"]) * 1024
-    log(f"peak RSS growth during evaluate {growth / MiB:.1f} MiB; embeddings held {embedding_bytes / MiB:.2f} MiB; "
-        f"a ViT token cache would add {token_cache_bytes / MiB:.1f} MiB")  # fmt: skip
-    return {
-        "synthetic_images": num_images,
-        "gallery_images": sum(n for n, _ in sizes),
-        "queries": sum(q for _, q in sizes),
-        "eval_peak_rss_growth_mib": round(growth / MiB, 2),
-        "embeddings_held_mib": round(embedding_bytes / MiB, 3),
-        "vit_token_cache_would_be_mib": round(token_cache_bytes / MiB, 2),
-        "demo_model_random_mean_recall": round(measured["mean"], 2),
-    }
+    per_image = {"embedding_bytes": config.embedding_dim * 4, "vit_token_cache_bytes": tokens * vision.hidden_size * 4}
+    for run in runs:
+        run["embeddings_held_mib"] = round((run["gallery_images"] + run["queries"]) * per_image["embedding_bytes"] / MiB, 3)
+        run["vit_token_cache_would_be_mib"] = round(run["gallery_images"] * per_image["vit_token_cache_bytes"] / MiB, 2)
+        run["eval_peak_growth_mib"] = round(run.pop("growth_bytes") / MiB, 2)
+        log(f"{run}")
+    small, large = runs[0], runs[-1]
+    extra_images = large["gallery_images"] + large["queries"] - small["gallery_images"] - small["queries"]
+    slope = (large["eval_peak_growth_mib"] - small["eval_peak_growth_mib"]) * MiB / max(extra_images, 1)
+    return {"batch_size": MEMORY_BATCH_SIZE, "runs": runs, "per_image": per_image,
+            "growth_bytes_per_extra_image": round(slope)}  # fmt: skip
 
 
 def main() -> None:
@@ -182,24 +210,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--faiss-size", type=int, default=20_000, help="gallery size for the FAISS comparison")
     parser.add_argument("--faiss-queries", type=int, default=500)
-    parser.add_argument("--synthetic-images", type=int, default=6000)
+    parser.add_argument("--synthetic-images", default="3000,9000", help="two synthetic set sizes for the memory runs")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-faiss", action="store_true")
+    parser.add_argument("--device", default="cpu", help="where the ranking benchmark runs (cpu, cuda)")
+    parser.add_argument("--dim", type=int, help="embedding size (default: the demo preset's)")
     parser.add_argument("--memory-child", nargs=2, metavar=("MODEL_DIR", "DATASET_DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
         memory_child(*args.memory_child)
         return
-    dim = demo_dimension()
-    log(f"gallery {args.gallery_size} x {dim}, {args.queries} queries, {torch.get_num_threads()} threads")
-    gallery, queries, targets = random_problem(args.gallery_size, args.queries, dim)
+    dim = args.dim or demo_dimension()
+    device = torch.device(args.device)
+    log(f"gallery {args.gallery_size} x {dim}, {args.queries} queries on {device}, {torch.get_num_threads()} threads")
+    gallery, queries, targets = (t.to(device) for t in random_problem(args.gallery_size, args.queries, dim))
     result = {"gallery_size": args.gallery_size, "queries": args.queries, "dim": dim, "k": TOP_K,
-              "threads": torch.get_num_threads(), "device": "cpu"}  # fmt: skip
+              "threads": torch.get_num_threads(), "device": str(device)}  # fmt: skip
     result.update(ranking_speed(gallery, queries, targets, args.repeats))
     del gallery, queries
-    result["faiss"] = faiss_backends(args.faiss_size, args.faiss_queries, dim)
+    if not args.skip_faiss:
+        result["faiss"] = faiss_backends(args.faiss_size, args.faiss_queries, dim)
     if not args.skip_memory:
         with tempfile.TemporaryDirectory(prefix="bench_retrieval_") as work:
-            result["memory"] = eval_memory(Path(work), args.synthetic_images)
+            result["memory"] = eval_memory(Path(work), [int(n) for n in args.synthetic_images.split(",")])
     print(json.dumps(result))
 
 

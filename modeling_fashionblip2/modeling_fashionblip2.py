@@ -93,6 +93,23 @@ class MultiHeadMatching(nn.Module):
         return rows.flatten(1) / math.sqrt(self.num_heads)
 
 
+class _AllGatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward hands each process the summed gradient of its own slice."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        ctx.rank, ctx.size = torch.distributed.get_rank(), tensor.shape[0]
+        parts = [torch.empty_like(tensor) for _ in range(torch.distributed.get_world_size())]
+        torch.distributed.all_gather(parts, tensor.contiguous())
+        return torch.cat(parts, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.contiguous().clone()
+        torch.distributed.all_reduce(grad)  # every process's loss depends on every slice
+        return grad[ctx.rank * ctx.size : (ctx.rank + 1) * ctx.size]
+
+
 def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
     """All-gather `features` along dim 0 across processes, keeping the autograd graph (unlike
     `accelerator.gather`); returns the gathered tensor and this process's rank. Local batch sizes must be equal."""
@@ -100,9 +117,7 @@ def gather_with_grad(features: torch.Tensor) -> tuple[torch.Tensor, int]:
         return features, 0
     if torch.distributed.get_world_size() == 1:
         return features, 0
-    import torch.distributed.nn.functional as dist_fn
-
-    return torch.cat(dist_fn.all_gather(features), dim=0), torch.distributed.get_rank()
+    return _AllGatherWithGrad.apply(features), torch.distributed.get_rank()
 
 
 class ContrastiveLoss(nn.Module):
@@ -241,7 +256,16 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         """Query branch: queries and text tokens share self-attention, the queries cross-attend to the reference
         image (BLIP-2's ITM pass). Returns Q-Former states of shape `(batch_size, n_q + sequence_length, d_q)`."""
         self._check_text(input_ids, attention_mask)
-        image_embeds = self.get_image_features(pixel_values)
+        return self._query_states(self.get_image_features(pixel_values), input_ids, attention_mask)
+
+    def encode_candidate(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Candidate branch: queries only, cross-attending to the image (BLIP-2's ITC image pass). Returns
+        Q-Former states of shape `(batch_size, n_q, d_q)`."""
+        return self._candidate_states(self.get_image_features(pixel_values))
+
+    def _query_states(
+        self, image_embeds: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
         if input_ids.shape[0] != image_embeds.shape[0]:
             raise ValueError(
                 f"batch sizes differ: {image_embeds.shape[0]} reference images but {input_ids.shape[0]} texts"
@@ -259,10 +283,7 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         )
         return outputs.last_hidden_state
 
-    def encode_candidate(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Candidate branch: queries only, cross-attending to the image (BLIP-2's ITC image pass). Returns
-        Q-Former states of shape `(batch_size, n_q, d_q)`."""
-        image_embeds = self.get_image_features(pixel_values)
+    def _candidate_states(self, image_embeds: torch.Tensor) -> torch.Tensor:
         outputs = self.qformer(
             query_embeds=self.query_tokens.expand(image_embeds.shape[0], -1, -1),
             encoder_hidden_states=image_embeds,
@@ -280,17 +301,21 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
     ) -> torch.Tensor:
         """Unit-norm query embeddings of shape `(batch_size, embedding_dim)`. `multihead`: matching head over
         the n_q query outputs; `max`: ITC text projection of the fused text [CLS] output (SPRC style)."""
-        states = self.encode_query(pixel_values, input_ids, attention_mask)
+        return self._embed_query(self.encode_query(pixel_values, input_ids, attention_mask))
+
+    def get_candidate_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Unit-norm candidate embeddings: `(batch_size, embedding_dim)` for `multihead`, `(batch_size, n_q,
+        embedding_dim)` for `max` (BLIP-2's ITC image embeddings, one per query token)."""
+        return self._embed_candidate(self.encode_candidate(pixel_values))
+
+    def _embed_query(self, states: torch.Tensor) -> torch.Tensor:
         num_queries = self.config.num_query_tokens
         if self.config.matching == "multihead":
             return self.matching_head(states[:, :num_queries])
         cls_state = states[:, num_queries].to(self.text_projection.weight.dtype)
         return F.normalize(self.text_projection(cls_state), dim=-1)
 
-    def get_candidate_embeddings(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Unit-norm candidate embeddings: `(batch_size, embedding_dim)` for `multihead`, `(batch_size, n_q,
-        embedding_dim)` for `max` (BLIP-2's ITC image embeddings, one per query token)."""
-        states = self.encode_candidate(pixel_values)
+    def _embed_candidate(self, states: torch.Tensor) -> torch.Tensor:
         if self.config.matching == "multihead":
             return self.matching_head(states)
         return F.normalize(self.vision_projection(states.to(self.vision_projection.weight.dtype)), dim=-1)
@@ -332,10 +357,15 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
             )
         if return_loss and target_pixel_values is None:
             raise ValueError("return_loss=True needs target_pixel_values")
-        query_embeds = self.get_query_embeddings(reference_pixel_values, input_ids, attention_mask)
         if target_pixel_values is None:
+            query_embeds = self.get_query_embeddings(reference_pixel_values, input_ids, attention_mask)
             return FashionBlip2Output(query_embeds=query_embeds)
-        candidate_embeds = self.get_candidate_embeddings(target_pixel_values)
+        self._check_text(input_ids, attention_mask)
+        # One vision pass over references and targets together: same result, half the kernel launches.
+        image_embeds = self.get_image_features(torch.cat([reference_pixel_values, target_pixel_values]))
+        reference_embeds, target_embeds = image_embeds.split(batch_size)
+        query_embeds = self._embed_query(self._query_states(reference_embeds, input_ids, attention_mask))
+        candidate_embeds = self._embed_candidate(self._candidate_states(target_embeds))
         all_candidates, rank = gather_with_grad(candidate_embeds) if return_loss else (candidate_embeds, 0)
         temperature = self.temperature.clamp(*TEMPERATURE_RANGE)
         logits_per_query = self.score(query_embeds, all_candidates) / temperature

@@ -86,17 +86,17 @@ class FashionBlip2Processor(ProcessorMixin):
         images: Image.Image | Sequence[Image.Image] | None = None,
         text: str | Sequence[str] | None = None,
         return_tensors: str | None = "pt",
-        **kwargs,
+        padding: bool | str = "longest",
+        truncation: bool = True,
+        max_length: int | None = None,
     ) -> BatchFeature:
         if images is None and text is None:
             raise ValueError("give images, text or both")
-        if kwargs:
-            raise TypeError(f"unexpected arguments: {', '.join(sorted(kwargs))}")
         data = {}
         if images is not None:
             data.update(self.process_images(images, return_tensors=None))
         if text is not None:
-            data.update(self.process_text(text))
+            data.update(self.process_text(text, padding=padding, truncation=truncation, max_length=max_length))
         return BatchFeature(data=data, tensor_type=return_tensors)
 
     def process_images(self, images, return_tensors: str | None = "pt") -> BatchFeature:
@@ -113,18 +113,29 @@ class FashionBlip2Processor(ProcessorMixin):
             images = [target_pad(image, self.target_pad_ratio) for image in images]
         return self.image_processor(images, return_tensors=return_tensors)
 
-    def process_text(self, text: str | Sequence[str], return_tensors: str | None = None) -> BatchFeature:
-        """`input_ids` and `attention_mask`, padded to the longest text and truncated to `max_text_length`."""
+    def process_text(
+        self,
+        text: str | Sequence[str],
+        return_tensors: str | None = None,
+        padding: bool | str = "longest",
+        truncation: bool = True,
+        max_length: int | None = None,
+    ) -> BatchFeature:
+        """`input_ids` and `attention_mask`, padded to the longest text and truncated to `max_text_length` (or a
+        smaller `max_length`)."""
         if isinstance(text, str):
             text = [text]
         text = list(text)
         if not text or not all(isinstance(t, str) for t in text):
             raise ValueError("text must be a string or a non-empty list of strings")
+        max_length = self.max_text_length if max_length is None else max_length
+        if max_length > self.max_text_length:
+            raise ValueError(f"max_length={max_length} exceeds this processor's max_text_length={self.max_text_length}")
         encoded = self.tokenizer(
             text,
-            padding="longest",
-            truncation=True,
-            max_length=self.max_text_length,
+            padding=padding,
+            truncation=truncation,
+            max_length=max_length,
             return_token_type_ids=False,
             return_tensors=return_tensors,
         )

@@ -49,7 +49,7 @@ def free_port() -> int:
 def app_args(model_dir, dataset_dir, cache_dir, *extra: str):
     return app.parse_args(
         ["--model", str(model_dir), "--dataset", str(dataset_dir), "--cache-dir", str(cache_dir),
-         "--top-k", str(TOP_K), "--num-examples", "2", "--port", str(free_port()), *extra]
+         "--top-k", str(TOP_K), "--num-examples", "2", "--host", "127.0.0.1", "--port", str(free_port()), *extra]
     )  # fmt: skip
 
 
@@ -230,13 +230,16 @@ def test_examples_are_validation_triplets_with_their_targets(demo_app, synthetic
         assert list(target.convert("RGB").getdata()) == list(triplets[0]["target_image"].convert("RGB").getdata())
 
 
-def test_browse_pages_wrap_around(actions, demo_app):
+def test_browse_pages_wrap_around_and_a_click_picks_the_reference(actions, demo_app):
     catalogue = demo_app[2].catalogues["dress"]
     paths, rows, page = actions.browse("dress")
     assert rows == list(range(min(len(catalogue.ids), app.BROWSE_PAGE_SIZE))) and page == 0
     assert all(Path(path).read_bytes() == catalogue.image_bytes[row] for path, row in zip(paths, rows))
     pages = -(-len(catalogue.ids) // app.BROWSE_PAGE_SIZE)
     assert actions.next_page("dress", pages - 1)[2] == 0
+    path, target, status = actions.pick("dress", rows, gr.SelectData(None, {"index": 2, "value": None}))
+    assert Path(path).read_bytes() == catalogue.image_bytes[rows[2]] and target is None
+    assert status == f"Reference: catalogue image `{catalogue.ids[rows[2]]}` (dress)."
 
 
 def test_device_defaults_to_cuda_when_present():

@@ -357,3 +357,16 @@ def test_synthetic_set_one_query_per_triplet(tiny_model_dir, synthetic_dir):
     assert results["protocol"]["missing_targets"] == {c: 0 for c in configs}
     with pytest.raises(RetrievalError, match="k=50 is larger than the gallery"):
         evaluate(model, processor, synthetic_dir, "dress", progress=False)
+
+
+def test_max_matching_model(dataset_dir, tiny):
+    """`matching="max"` keeps per-token candidate embeddings and ranks through `model.score`."""
+    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model
+
+    _, processor, _ = tiny
+    torch.manual_seed(1)
+    model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny", matching="max")).eval()
+    results = evaluate(model, processor, dataset_dir, "dress", progress=False, caption_join="both-orders")
+    assert results["configs"]["dress"]["num_queries"] == NUM_TRIPLETS
+    with pytest.raises(EvalError, match="image-only baseline needs"):
+        evaluate_baseline("image-only", processor, model, dataset_dir, "dress", progress=False)

@@ -274,9 +274,12 @@ def test_processor_with_target_pad_round_trips(tmp_path):
     torch.testing.assert_close(pixels, processor(images=tall)["pixel_values"])
 
 
-def test_processor_refuses_empty_calls(tiny_processor):
+def test_processor_refuses_empty_calls_and_long_max_length(tiny_processor):
     with pytest.raises(ValueError, match="give images, text or both"):
         tiny_processor()
+    with pytest.raises(ValueError, match="max_length=64 exceeds this processor's max_text_length=32"):
+        tiny_processor(text="is red", max_length=64)
+    assert tiny_processor(text="is red with long sleeves", max_length=4)["input_ids"].shape == (1, 4)
     with pytest.raises(ValueError, match="target_pad_ratio=0.5"):
         FashionBlip2Processor(tiny_processor.image_processor, tiny_processor.tokenizer, target_pad_ratio=0.5)
 

@@ -26,10 +26,18 @@ gradient_probe(sys.argv[2:], sys.argv[1])
 def gradient_probe(argv: list[str], output_file: str) -> None:
     """The trainer's own set-up, then forward/backward of its first batch; the main process saves the
     (DDP-averaged) gradients."""
-    run = ta.setup(ta.parse_args(argv))
+    # float64: at initialisation the gradients are small differences of large terms, and float32 rounding
+    # alone moves some of them by ~1 %, which would force a tolerance loose enough to hide real bugs.
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        run = ta.setup(ta.parse_args(argv))
+    finally:
+        torch.set_default_dtype(previous)
     # Dropout off: the masks drawn by one of two processes cannot equal those of a single process.
     run.model.eval()
     batch = next(ta.iterate_batches(run.loader, run.plan.batches_per_epoch, 0))
+    batch = {key: value.double() if value.is_floating_point() else value for key, value in batch.items()}
     loss = run.model(**batch, return_loss=True).loss
     run.accelerator.backward(loss)
     if run.accelerator.is_main_process:
@@ -75,5 +83,5 @@ def test_two_process_gradients_equal_one_process_on_the_same_global_batch(synthe
     two_grads, one_grads = load_file(two), load_file(one)
     assert two_grads.keys() == one_grads.keys() and len(one_grads) > 10
     for name, gradient in one_grads.items():
-        torch.testing.assert_close(two_grads[name], gradient, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+        torch.testing.assert_close(two_grads[name], gradient, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
     assert any(gradient.abs().sum() > 0 for gradient in one_grads.values())
