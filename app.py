@@ -188,7 +188,8 @@ def resolve_configs(dataset: str, requested: list[str] | None) -> list[str]:
     try:
         available = datasets.get_dataset_config_names(dataset)
     except (OSError, ValueError) as error:  # FileNotFoundError locally, ConnectionError for an unreachable hub id
-        raise AppError(f"cannot read dataset {dataset!r}: {type(error).__name__}: {error}") from error
+        hint = " (`make demo` builds it)" if dataset == DEFAULT_DATASET else ""
+        raise AppError(f"cannot read dataset {dataset!r}{hint}: {type(error).__name__}: {error}") from error
     galleries = [name for name in available if is_gallery_config(name)]
     if not galleries:
         raise AppError(f"dataset {dataset!r} has no gallery config (*{GALLERY_SUFFIX}); it has {available}")
@@ -431,7 +432,8 @@ def load_model(model: str, device: torch.device):
     """The model and processor, or an AppError naming the path; a missing local path fails before any hub lookup."""
     looks_local = Path(model).exists() or model.startswith((".", "/", "~")) or model.count("/") > 1
     if looks_local and not Path(model).expanduser().is_dir():
-        raise AppError(f"model {model!r} does not exist (expected a saved FashionBLIP-2 folder or a hub id)")
+        hint = "; `make demo` trains it" if model == DEFAULT_MODEL else ""
+        raise AppError(f"model {model!r} does not exist (expected a saved FashionBLIP-2 folder or a hub id{hint})")
     try:
         return eval_cir.load_model_and_processor(model, device)
     except (OSError, ValueError) as error:

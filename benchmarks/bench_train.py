@@ -2,9 +2,10 @@
 loading and the processor in DataLoader workers included) against a bare loop doing the same forward /
 backward / clip / optimizer / scheduler steps on batches collated once in advance.
 
-    python benchmarks/bench_train.py [--steps 30] [--batch-size 64] [--num-workers 1] [--rounds 3]
+    python benchmarks/bench_train.py [--steps 30] [--rounds 3] [--config scripts/demo_train.yaml] [-- TRAIN OPTIONS]
 
-Both loops share one model, optimizer and schedule (set up by train_accelerate.setup), so they differ only in
+The trainer runs with the demo's options (scripts/demo_train.yaml: batch 64, pixel cache, one worker);
+extra options after `--` override them (e.g. `-- --num-workers 0`). Both loops share one model, optimizer and schedule (set up by train_accelerate.setup), so they differ only in
 where the batches come from. Rounds alternate trainer / bare blocks and the medians are compared, so a
 drift in machine load hits both alike. Progress goes to stderr; the last stdout line is one JSON object with
 the headline `ratio_vs_bare_loop` (target >= 0.9).
@@ -44,10 +45,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="steps per timed block")
     parser.add_argument("--rounds", type=int, default=3, help="alternating trainer / bare blocks")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=1)
-    parser.add_argument("--num-images", type=int, default=3000, help="size of the synthetic set built for the run")
-    parser.add_argument("--model", default="demo")
+    parser.add_argument("--config", type=Path, default=REPO / "scripts" / "demo_train.yaml")
+    parser.add_argument("--num-images", type=int, default=6000, help="size of the synthetic set built for the run")
+    parser.add_argument("train_options", nargs="*", help="train_accelerate.py options overriding --config")
     options = parser.parse_args()
 
     import torch
@@ -58,10 +58,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         log(f"building a synthetic set of {options.num_images} images")
         dataset = build_synthetic(Path(scratch) / "data", num_images=options.num_images, image_size=64)
-        argv = ["--dataset", str(dataset), "--configs", "dress,shirt,toptee", "--model", options.model,
-                "--output-dir", str(Path(scratch) / "run"), "--batch-size", str(options.batch_size),
-                "--num-workers", str(options.num_workers), "--max-steps", "100000", "--learning-rate", "1e-4",
-                "--adapter-learning-rate", "1e-4"]  # fmt: skip
+        argv = ["--config", str(options.config), "--dataset", str(dataset), "--output-dir", str(Path(scratch) / "run"),
+                "--max-steps", "100000", "--report-to", "none", *options.train_options]  # fmt: skip
         args = ta.parse_args(argv)
         run = ta.setup(args)
         batches = ta.iterate_batches(run.loader, run.plan.batches_per_epoch, 0)
@@ -94,9 +92,10 @@ def main() -> int:
     trainer, bare = statistics.median(trainer_rates), statistics.median(bare_rates)
     result = {
         "benchmark": "train_accelerate steps/s vs a bare loop on pre-collated tensors",
-        "model": options.model,
-        "batch_size": options.batch_size,
-        "num_workers": options.num_workers,
+        "model": args.model,
+        "batch_size": args.batch_size,
+        "num_workers": args.num_workers,
+        "cache_images": args.cache_images,
         "steps_per_block": options.steps,
         "rounds": options.rounds,
         "torch_threads": torch.get_num_threads(),

@@ -68,6 +68,14 @@ def model_card(
         if config.matching == "multihead"
         else f"max (BLIP-2 ITC style), embedding size {config.image_text_hidden_size} per query token"
     )
+    encoder = (
+        f"ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, {vision.image_size} px, "
+        f"patch {vision.patch_size}, {'frozen' if config.freeze_vision else 'trained'}"
+    )
+    qformer_text = (
+        f"{qformer.num_hidden_layers} layers, width {qformer.hidden_size}, {config.num_query_tokens} queries, "
+        f"cross-attention every {qformer.cross_attention_frequency} layer(s)"
+    )
     name = repo_id or "path/to/this/folder"
     body = f"""
 # FashionBLIP-2{f" ({config.preset} preset)" if config.preset else ""}
@@ -83,9 +91,9 @@ unit vectors, so the gallery can live in any inner-product index.
 | --- | --- |
 | preset | {config.preset or "none (converted or custom)"} |
 | base model | {base or "random initialisation"} |
-| image encoder | ViT, {vision.num_hidden_layers} layers, width {vision.hidden_size}, {vision.image_size} px, patch {vision.patch_size}, {"frozen" if config.freeze_vision else "trained"} |
+| image encoder | {encoder} |
 | adapters | {adapters} |
-| Q-Former | {qformer.num_hidden_layers} layers, width {qformer.hidden_size}, {config.num_query_tokens} queries, cross-attention every {qformer.cross_attention_frequency} layer(s) |
+| Q-Former | {qformer_text} |
 | matching | {matching} |
 | max text length | {config.max_text_length} tokens |
 | parameters | {counts["total"]:,} total, {counts["trainable"]:,} trainable, {counts["vision"]:,} in the image encoder |

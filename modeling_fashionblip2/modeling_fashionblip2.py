@@ -171,7 +171,7 @@ class FashionBlip2PreTrainedModel(PreTrainedModel):
         elif isinstance(module, Blip2TextEmbeddings):
             init.copy_(module.position_ids, torch.arange(module.position_ids.shape[-1]).expand((1, -1)))
         elif isinstance(module, ZeroInitLinear):
-            # Hooked on the layer, not the adapter: transformers skips parameter-less modules of remote code.
+            # Matched on the layer, not the adapter: transformers skips parameter-less modules of remote code.
             init.zeros_(module.weight)
             init.zeros_(module.bias)
 
@@ -226,9 +226,10 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
                 f"{self.config.max_text_length}; let the processor truncate (it does by default)"
             )
         vocab_size = self.config.qformer_config.vocab_size
-        if input_ids.numel() and (int(input_ids.max()) >= vocab_size or int(input_ids.min()) < 0):
+        outside = input_ids[(input_ids < 0) | (input_ids >= vocab_size)]
+        if outside.numel():
             raise ValueError(
-                f"input_ids holds id {int(input_ids.max())} outside the vocabulary of {vocab_size}; "
+                f"input_ids holds id {int(outside[0])} outside the vocabulary of {vocab_size}; "
                 "the tokenizer does not belong to this model"
             )
         if attention_mask is not None and attention_mask.shape != input_ids.shape:
@@ -245,9 +246,8 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         hidden_states = vision.embeddings(pixel_values)
         for index, layer in enumerate(vision.encoder.layers):
             hidden_states = layer(hidden_states)
-            adapter = self.adapters[str(index)] if str(index) in self.adapters else None
-            if adapter is not None:
-                hidden_states = adapter(hidden_states)
+            if str(index) in self.adapters:
+                hidden_states = self.adapters[str(index)](hidden_states)
         return vision.post_layernorm(hidden_states)
 
     def encode_query(

@@ -146,6 +146,23 @@ class FashionBlip2Processor(ProcessorMixin):
         return ["pixel_values", "input_ids", "attention_mask"]
 
     @classmethod
+    def from_blip2(
+        cls,
+        path_or_id: str,
+        *,
+        max_text_length: int = 64,
+        target_pad_ratio: float | None = None,
+        **loading_options,
+    ) -> "FashionBlip2Processor":
+        """The processor of a model made by `FashionBlip2Model.from_blip2`: the BLIP-2 checkpoint's own tokenizer
+        and image processor (e.g. those of `Salesforce/blip2-itm-vit-g`)."""
+        from transformers import AutoImageProcessor, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(path_or_id, **loading_options)
+        image_processor = AutoImageProcessor.from_pretrained(path_or_id, **loading_options)
+        return cls(image_processor, tokenizer, max_text_length=max_text_length, target_pad_ratio=target_pad_ratio)
+
+    @classmethod
     def from_texts(
         cls,
         texts: Iterable[str],

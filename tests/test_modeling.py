@@ -83,12 +83,11 @@ def test_unknown_preset_is_refused():
 # ------------------------------------------------------------------------------------------------------ model
 def test_embeddings_are_unit_rows_and_score_is_mean_row_cosine(batch):
     model = tiny_model().eval()
+    images, texts, mask = batch["reference_pixel_values"], batch["input_ids"], batch["attention_mask"]
     with torch.no_grad():
-        queries = model.get_query_embeddings(batch["reference_pixel_values"], batch["input_ids"], batch["attention_mask"])
+        queries = model.get_query_embeddings(images, texts, mask)
         candidates = model.get_candidate_embeddings(batch["target_pixel_values"])
-        query_rows = _head_rows(model, model.encode_query(
-            batch["reference_pixel_values"], batch["input_ids"], batch["attention_mask"]
-        )[:, : model.config.num_query_tokens])
+        query_rows = _head_rows(model, model.encode_query(images, texts, mask)[:, : model.config.num_query_tokens])
         candidate_rows = _head_rows(model, model.encode_candidate(batch["target_pixel_values"]))
     assert queries.shape == candidates.shape == (len(TEXTS), model.config.embedding_dim)
     torch.testing.assert_close(queries.norm(dim=-1), torch.ones(len(TEXTS)))
@@ -158,12 +157,11 @@ def test_saved_model_reloads_with_identical_outputs(tiny_model_dir, batch):
     torch.manual_seed(0)
     fresh = FashionBlip2Model(FashionBlip2Config.from_preset("tiny")).eval()  # the fixture's seed and preset
     with torch.no_grad():
-        for a, b in ((model, fresh),):
-            torch.testing.assert_close(
-                a.get_candidate_embeddings(batch["target_pixel_values"]),
-                b.get_candidate_embeddings(batch["target_pixel_values"]),
-                atol=0, rtol=0,
-            )
+        torch.testing.assert_close(model(**batch).query_embeds, fresh(**batch).query_embeds, atol=0, rtol=0)
+        pixels = batch["target_pixel_values"]
+        torch.testing.assert_close(
+            model.get_candidate_embeddings(pixels), fresh.get_candidate_embeddings(pixels), atol=0, rtol=0
+        )
     assert isinstance(model, FashionBlip2Model)
 
 
@@ -253,7 +251,8 @@ def test_processor_vocabulary_covers_the_test_words(tiny_processor):
 def test_target_pad_reaches_the_fashioniq_ratio():
     tall = Image.new("RGB", (40, 100), (255, 0, 0))
     padded = target_pad(tall, FASHIONIQ_TARGET_PAD_RATIO)
-    assert padded.size == (80, 100) and padded.getpixel((0, 50)) == (0, 0, 0) and padded.getpixel((40, 50)) == (255, 0, 0)
+    assert padded.size == (80, 100)
+    assert padded.getpixel((0, 50)) == (0, 0, 0) and padded.getpixel((40, 50)) == (255, 0, 0)
     square = Image.new("RGB", (50, 45))
     assert target_pad(square, FASHIONIQ_TARGET_PAD_RATIO) is square
 
@@ -319,7 +318,8 @@ def test_saved_folder_loads_in_a_fresh_process_without_the_package(tiny_model_di
     )
     assert result.returncode == 0, result.stderr[-3000:]
     remote = json.loads(result.stdout.strip().splitlines()[-1])
-    assert remote["module"].startswith("transformers_modules.") and remote["processor"].startswith("transformers_modules.")
+    assert remote["module"].startswith("transformers_modules.")
+    assert remote["processor"].startswith("transformers_modules.")
     from transformers import AutoModel
 
     model = AutoModel.from_pretrained(tiny_model_dir).eval()

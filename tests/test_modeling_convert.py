@@ -3,13 +3,14 @@ proof that a real Salesforce/blip2-itm-vit-g converts correctly."""
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from modeling_fashionblip2 import CheckpointError, FashionBlip2Model
+from modeling_fashionblip2 import CheckpointError, FashionBlip2Model, FashionBlip2Processor
 
 ATOL = 1e-5
 NEW_PARTS = ("adapters.", "matching_head.token_mix.", "temperature")
@@ -98,7 +99,8 @@ def test_only_new_parts_start_fresh(blip2, converted):
     model, info = converted
     assert info["missing_keys"], "the adapters and TokenMix are new"
     assert all(key.startswith(NEW_PARTS) for key in info["missing_keys"]), info["missing_keys"]
-    assert info["dropped_keys"] == ["itm_head.bias", "itm_head.weight", "text_projection.bias", "text_projection.weight"]
+    dropped = ["itm_head.bias", "itm_head.weight", "text_projection.bias", "text_projection.weight"]
+    assert info["dropped_keys"] == dropped
     torch.testing.assert_close(model.matching_head.channel_mix.weight, blip2[0].vision_projection.weight)
     assert model.config.freeze_vision and not any(p.requires_grad for p in model.vision_model.parameters())
 
@@ -164,3 +166,45 @@ def test_pickle_only_checkpoint_is_refused(blip2, tmp_path):
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="only safetensors"):
         FashionBlip2Model.from_blip2(folder)
+
+
+def test_processor_from_a_blip2_checkpoint(blip2, tiny_processor, tmp_path):
+    from transformers import Blip2Processor
+
+    folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt")
+    tokenizer = copy.deepcopy(tiny_processor.tokenizer)  # Blip2Processor adds an <image> token to it
+    Blip2Processor(tiny_processor.image_processor, tokenizer).save_pretrained(folder)
+    processor = FashionBlip2Processor.from_blip2(str(folder), max_text_length=16, target_pad_ratio=1.25)
+    text = "is red with long sleeves"
+    assert processor(text=text)["input_ids"].tolist() == tiny_processor(text=text)["input_ids"].tolist()
+    assert processor.image_processor.size["height"] == 32 and processor.target_pad_ratio == 1.25
+
+
+def test_convert_command_writes_a_loadable_folder(blip2, tiny_processor, batch, tmp_path, capsys):
+    from transformers import AutoModel, Blip2Processor
+
+    from modeling_fashionblip2.convert import main
+
+    source = _copy_checkpoint(blip2[1], tmp_path / "ckpt")
+    Blip2Processor(tiny_processor.image_processor, copy.deepcopy(tiny_processor.tokenizer)).save_pretrained(source)
+    output = tmp_path / "out" / "fashionblip2"
+    assert main([str(source), str(output), "--matching", "max", "--adapter-dim", "4", "--target-pad"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["output"] == str(output) and report["dropped_keys"] == ["itm_head.bias", "itm_head.weight"]
+    model = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
+    assert model.config.matching == "max" and model.config.adapter_dim == 4
+    assert json.loads((output / "processor_config.json").read_text())["target_pad_ratio"] == 1.25
+    with torch.no_grad():
+        expected = blip2[0](**batch, use_image_text_matching_head=False).image_embeds
+        torch.testing.assert_close(model.get_candidate_embeddings(batch["pixel_values"]), expected, atol=ATOL, rtol=0)
+    assert main([str(source), str(output)]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert sorted(p.name for p in output.parent.iterdir()) == ["fashionblip2"]  # no staging folder left behind
+
+
+def test_convert_command_reports_a_bad_checkpoint(blip2, tmp_path, capsys):
+    from modeling_fashionblip2.convert import main
+
+    source = _copy_checkpoint(blip2[1], tmp_path / "ckpt", drop_prefix="qformer.")
+    assert main([str(source), str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
