@@ -1,8 +1,8 @@
 """Exact inner-product ranking and the one Recall@K implementation of the project.
 
 Ranking keeps only what recall and prediction files need: the top-k gallery indices and scores per query
-and the target's rank. Scores are computed in query chunks sized by a memory budget, so a [Q, N] score
-matrix never exists in full.
+and the target's rank. Scores are computed in query chunks whose `(rows, N)` score block stays within a
+memory budget (1 GiB by default), so the memory never grows with Q x N.
 
 Rank rule (pessimistic, so that ties never count in the target's favour): the 0-based rank of a target is
 the number of *other* admissible gallery items whose score is >= the target's score. A query hits at K
@@ -10,9 +10,9 @@ when that rank is < K. A target that is missing from the gallery, or that is the
 miss at every K.
 
 The rank is exact without a full pass over the scores: the top (k + 1) items of a row contain every item
-scoring >= the target whenever the target's rank is below k; otherwise the target is a miss for every
-K <= k. Within the kept items a target is ordered after the items it ties with, so the returned top-k
-lists agree with the ranks (a metric fed those lists gives the same recall).
+scoring >= the target whenever the target's rank is below k, and otherwise all k + 1 of them score >= it,
+i.e. a miss for every K <= k. Within the kept items a target is ordered after the items it ties with, so
+the returned top-k lists agree with the ranks (a metric fed those lists gives the same recall).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import torch
 
 DEFAULT_K_VALUES = (1, 5, 10, 50)
 NO_INDEX = -1  # marks "no target in the gallery" / "nothing to exclude" in index tensors
-DEFAULT_CHUNK_BYTES = 256 * 2**20  # score-matrix budget per query chunk (~670 rows of a 100k gallery)
+DEFAULT_CHUNK_BYTES = 2**30  # score-block budget per query chunk: ~2,600 queries of a 100k gallery
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -83,14 +83,17 @@ def rank_scores(
     present = targets != NO_INDEX
     if exclude is not None:
         present &= targets != exclude
-    is_target = (top_indices == targets[:, None]) & present[:, None]
-    # Put each target after the items it ties with: two stable sorts (target flag, then score).
-    order = torch.argsort(is_target.to(torch.int8), dim=1, stable=True)
-    top_scores, top_indices, is_target = (t.gather(1, order) for t in (top_scores, top_indices, is_target))
-    order = torch.argsort(top_scores, dim=1, descending=True, stable=True)
-    top_scores, top_indices, is_target = (t.gather(1, order) for t in (top_scores, top_indices, is_target))
-    position = is_target.to(torch.int8).argmax(dim=1)
-    target_ranks = torch.where(is_target.any(dim=1), position, k).clamp(max=k)
+    targets = torch.where(present, targets, NO_INDEX)
+    target_scores = scores[rows, targets.clamp(min=0)]
+    # Kept items (the target included) scoring >= the target: exact while the target ranks below k.
+    at_least_target = (top_scores >= target_scores[:, None]).sum(dim=1)
+    target_ranks = torch.where(present, (at_least_target - 1).clamp(max=k), k)
+    # Order each target after the items it ties with, so the lists agree with the ranks: its sort key is
+    # nudged just below its score, and a stable sort keeps topk's order among equal keys.
+    is_target = top_indices == targets[:, None]
+    nudged = torch.nextafter(top_scores, top_scores.new_tensor(float("-inf")))
+    order = torch.where(is_target, nudged, top_scores).argsort(dim=1, descending=True, stable=True)
+    top_scores, top_indices = top_scores.gather(1, order), top_indices.gather(1, order)
     return Ranking(top_indices[:, :k], top_scores[:, :k], target_ranks.cpu(), k)
 
 

@@ -42,8 +42,13 @@ def _thumbnail(image: Image.Image, label: str, colour: tuple[int, int, int]) -> 
     tile = Image.new("RGB", (THUMB, THUMB + LABEL_HEIGHT), "white")
     framed = ImageOps.pad(image, (THUMB - 2 * BORDER, THUMB - 2 * BORDER), color="white")
     tile.paste(ImageOps.expand(framed, border=BORDER, fill=colour), (0, 0))
-    ImageDraw.Draw(tile).text((2, THUMB + 1), label[:18], fill="black")
+    ImageDraw.Draw(tile).text((2, THUMB + 1), label, fill="black")
     return tile
+
+
+def _tail(image_id: str, width: int = 14) -> str:
+    """The end of an id, which tells catalogue ids apart (their prefixes are shared)."""
+    return image_id if len(image_id) <= width else ".." + image_id[-(width - 2):]
 
 
 def _image(dataset: datasets.Dataset, row: int, column: str, name: str) -> Image.Image:
@@ -63,7 +68,7 @@ def _query_figure(triplets, gallery, gallery_ids, ranking: Ranking, query: int, 
     tiles = [_thumbnail(_image(triplets, query, "reference_image", triplet["reference_id"]), "reference", COLOURS["reference"])]
     for position, row in enumerate(ranking.indices[query, :shown].tolist()):
         colour = COLOURS["target"] if gallery_ids[row] == target_id else COLOURS["other"]
-        tiles.append(_thumbnail(_image(gallery, row, "image", gallery_ids[row]), f"{position + 1}. {gallery_ids[row]}", colour))
+        tiles.append(_thumbnail(_image(gallery, row, "image", gallery_ids[row]), f"{position + 1}. {_tail(gallery_ids[row])}", colour))
     rank = int(ranking.target_ranks[query]) if len(ranking.target_ranks) else None
     if target_id is not None and (rank is None or rank >= shown) and triplet["target_image"] is not None:
         label = "target (missing)" if target_id not in gallery_ids else f"target >{shown}"

@@ -32,7 +32,16 @@ from tqdm.auto import tqdm
 
 from cir_cache import cache_key, gallery_fingerprint, load_cached_gallery, model_fingerprint, save_cached_gallery
 from cir_index import CIRIndex
-from cir_ranking import DEFAULT_CHUNK_BYTES, DEFAULT_K_VALUES, NO_INDEX, Ranking, RetrievalError, inner_product, rank_gallery, recall_at_k
+from cir_ranking import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_K_VALUES,
+    NO_INDEX,
+    Ranking,
+    RetrievalError,
+    inner_product,
+    rank_gallery,
+    recall_at_k,
+)
 from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
 from facap_dataset.errors import DataError
 from facap_dataset.export import read_card_data
@@ -93,7 +102,13 @@ def _check_compatible(model, name: str) -> None:
 def _resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as error:
+        raise EvalError(f"unknown device {device!r}: {error}") from error
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise EvalError(f"device {device!r} asked for, but CUDA is not available")
+    return resolved
 
 
 def _resolve_dataset(dataset: str | os.PathLike) -> tuple[str, list[str]]:
@@ -177,7 +192,9 @@ def _query_texts(captions: Sequence[str], rule: str, name: str) -> list[str]:
     return joined if isinstance(joined, list) else [joined]
 
 
-def encode_queries(model, processor, triplets: datasets.Dataset, mode: str, caption_join: str, settings: _Settings, description: str) -> torch.Tensor:
+def encode_queries(
+    model, processor, triplets: datasets.Dataset, mode: str, caption_join: str, settings: _Settings, description: str
+) -> torch.Tensor:
     """Query embeddings `(Q, V, D)`: V caption orderings per triplet (2 for `both-orders`, else 1)."""
     triplets = triplets.select_columns(["reference_id", "captions", "reference_image"]).cast_column(
         "reference_image", datasets.Image(decode=False)
@@ -186,7 +203,8 @@ def encode_queries(model, processor, triplets: datasets.Dataset, mode: str, capt
     parts = []
     for pixel_values, input_ids, attention_mask, variants in _loader(triplets, collate, settings, description):
         with _autocast(settings):
-            embeddings = _embed_queries(model, mode, pixel_values.to(settings.device), input_ids, attention_mask, variants)
+            pixel_values = pixel_values.to(settings.device)
+            embeddings = _embed_queries(model, mode, pixel_values, input_ids, attention_mask, variants)
         parts.append(embeddings.to(settings.dtype))
     return torch.cat(parts)
 
@@ -267,7 +285,9 @@ def _evaluate_config(model, processor, dataset, config, split, available, option
     )
     if options["mode"] == "image-only" and gallery_embeddings.ndim != 2:
         raise EvalError("the image-only baseline needs (N, D) candidate embeddings (a multihead model)")
-    queries = encode_queries(model, processor, triplets, options["mode"], options["caption_join"], settings, f"{config} queries")
+    queries = encode_queries(
+        model, processor, triplets, options["mode"], options["caption_join"], settings, f"{config} queries"
+    )
     rows = {image_id: row for row, image_id in enumerate(gallery_ids)}
     targets = None if hidden else _index_of(target_ids, rows)
     references = _index_of(triplets["reference_id"], rows)
@@ -357,15 +377,15 @@ def _model_identity(model, fingerprint: str) -> dict:
     }
 
 
-def _check_options(split, configs, caption_join, precision, k_values, batch_size) -> list[str]:
+def _check_options(split, configs, caption_join, precision, k_values, batch_size, num_workers) -> list[str]:
     if caption_join not in CAPTION_JOIN_RULES:
         raise EvalError(f"unknown caption join {caption_join!r}; expected one of {', '.join(CAPTION_JOIN_RULES)}")
     if precision not in PRECISIONS:
         raise EvalError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if not k_values or any(int(k) < 1 for k in k_values):
         raise EvalError(f"k values must be positive integers, got {list(k_values)}")
-    if batch_size < 1:
-        raise EvalError(f"batch size must be >= 1, got {batch_size}")
+    if batch_size < 1 or num_workers < 0:
+        raise EvalError(f"batch size must be >= 1 and workers >= 0, got {batch_size} and {num_workers}")
     names = [c.strip() for c in configs.split(",")] if isinstance(configs, str) else list(configs)
     if not names or any(not n for n in names) or len(set(names)) != len(names):
         raise EvalError(f"configs must be distinct non-empty names, got {configs!r}")
@@ -389,11 +409,11 @@ def _eval_mode(model):
 def _run(model, processor, dataset, configs, split, mode, *, batch_size=64, device=None, precision="fp32",
          exclude_reference=False, caption_join="fashioniq", num_workers=0, progress=True, predictions_dir=None,
          report_dir=None, cache_dir=None, k_values=DEFAULT_K_VALUES, report_samples=24) -> dict:
-    names = _check_options(split, configs, caption_join, precision, k_values, batch_size)
+    names = _check_options(split, configs, caption_join, precision, k_values, batch_size, num_workers)
     _check_compatible(model, type(model).__name__)
     k_values = sorted({int(k) for k in k_values})
     if device is not None:
-        model.to(device)
+        model.to(_resolve_device(device))
     settings = _Settings(batch_size, next(model.parameters()).device, PRECISIONS[precision], num_workers, progress)
     dataset, available = _resolve_dataset(dataset)
     options = {
@@ -458,7 +478,9 @@ def evaluate(
                 cache_dir=cache_dir, k_values=k_values, report_samples=report_samples)  # fmt: skip
 
 
-def evaluate_baseline(kind: str, processor, model, dataset, configs=FASHIONIQ_CATEGORIES, split="validation", **options) -> dict:
+def evaluate_baseline(
+    kind: str, processor, model, dataset, configs=FASHIONIQ_CATEGORIES, split="validation", **options
+) -> dict:
     """Evaluate a trivial baseline with the same gallery embeddings and protocol as `evaluate`.
 
     `image-only`: each query is the candidate embedding of its reference image (the text is ignored).
@@ -519,7 +541,8 @@ def format_results_table(results: dict) -> str:
     lines = [" ".join(header)]
     for name, metrics in results["configs"].items():
         cells = [_cell(metrics.get(f"recall@{k}"), 7) for k in k_values]
-        lines.append(" ".join([name.ljust(12), *cells, _cell(metrics["gallery_size"], 8), _cell(metrics["num_queries"], 8)]))
+        sizes = [_cell(metrics["gallery_size"], 8), _cell(metrics["num_queries"], 8)]
+        lines.append(" ".join([name.ljust(12), *cells, *sizes]))
     average = results["average"]
     if average is not None:
         lines.append(" ".join(["average".ljust(12)] + [_cell(average[f"recall@{k}"], 7) for k in k_values]))
@@ -528,24 +551,30 @@ def format_results_table(results: dict) -> str:
     protocol = results["protocol"]
     lines.append(
         f"protocol: split={protocol['split']} mode={protocol['query_mode']} caption_join={protocol['caption_join']} "
-        f"exclude_reference={protocol['exclude_reference']} missing_targets={sum(protocol['missing_targets'].values())} "
-        f"ties=pessimistic"
+        f"exclude_reference={protocol['exclude_reference']} "
+        f"missing_targets={sum(protocol['missing_targets'].values())} ties=pessimistic"
     )
     return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", required=True, help="saved model folder or Hub id (AutoModel, trust_remote_code)")
     parser.add_argument("--dataset", required=True, help="built dataset folder or Hub id")
     parser.add_argument("--configs", default=",".join(FASHIONIQ_CATEGORIES), help="comma-separated triplet configs")
     parser.add_argument("--split", default="validation")
     parser.add_argument("--output", type=Path, help="write results.json here")
     parser.add_argument("--baseline", choices=BASELINES, help="evaluate a trivial baseline with the model's embeddings")
-    parser.add_argument("--exclude-reference", action="store_true", help="drop each query's reference image from its ranking (CoVR/CIRR convention)")
+    parser.add_argument(
+        "--exclude-reference",
+        action="store_true",
+        help="drop each query's reference image from its ranking (CoVR/CIRR convention)",
+    )
     parser.add_argument("--caption-join", choices=CAPTION_JOIN_RULES, default="fashioniq")
-    parser.add_argument("--k-values", default=",".join(map(str, DEFAULT_K_VALUES)), help="comma-separated K of Recall@K")
+    parser.add_argument("--k-values", default=",".join(map(str, DEFAULT_K_VALUES)), help="comma-separated K values")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", help="default: cuda when available, else cpu")
     parser.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32")

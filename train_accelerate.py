@@ -13,13 +13,14 @@ See docs/training.md.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
-from contextlib import nullcontext
 import math
 import os
 import shutil
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -247,6 +248,9 @@ def build_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
 
+    if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
+        # Accelerate would only warn and train without the tracker.
+        raise TrainingError(f"--report-to {args.report_to}: the {args.report_to} package is not installed")
     return Accelerator(
         cpu=_launched_on_cpu(),
         mixed_precision=args.mixed_precision,
@@ -275,7 +279,9 @@ def prepare_output_dir(args: argparse.Namespace, accelerator) -> Path:
     existing = sorted(p.name for p in output_dir.iterdir()) if output_dir.is_dir() else []
     if output_dir.exists() and not output_dir.is_dir():
         raise TrainingError(f"--output-dir {output_dir} exists and is not a folder")
-    resuming_here = args.resume_from_checkpoint == "latest"
+    resuming_here = args.resume_from_checkpoint is not None and (
+        args.resume_from_checkpoint == "latest" or output_dir.resolve() in Path(args.resume_from_checkpoint).resolve().parents
+    )
     if existing and not resuming_here and not args.overwrite:
         raise TrainingError(
             f"--output-dir {output_dir} already holds a run ({', '.join(existing[:5])}); pass --overwrite to "

@@ -83,7 +83,8 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, *, total
     final = checkpoint_dir(output_dir, state.global_step)
     temporary = final.with_name(_TEMP_PREFIX + final.name)
     if accelerator.is_main_process:
-        shutil.rmtree(temporary, ignore_errors=True)  # left over from a save that was killed
+        for stale in final.parent.glob(_TEMP_PREFIX + "checkpoint-*"):  # left over by saves that were killed
+            shutil.rmtree(stale)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(temporary))  # each process writes its own RNG state into the same folder
     accelerator.wait_for_everyone()

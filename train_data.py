@@ -103,7 +103,8 @@ def choose_caption(captions: Sequence[str], augmentation: str, join_rule: str, r
 
 
 class TripletDataset(torch.utils.data.Dataset):
-    """Map-style view of the training triplets returning decoded images and the augmented query text.
+    """Map-style view of the training triplets: reference and target (decoded RGB images, or rows of
+    `pixels` from `preprocess_pixels`) and the augmented query text.
 
     The caption variant of example `i` in epoch `e` is drawn from `Random(f"{seed}-{e}-{i}")`; the epoch
     is set by Accelerate's `DataLoaderShard.set_epoch` before each epoch's iterator (and its workers)
@@ -153,8 +154,8 @@ class TripletDataset(torch.utils.data.Dataset):
             if self.pixels is not None:
                 examples.append({"reference": self.pixels[index, 0], "target": self.pixels[index, 1], "text": text})
             else:
-                reference = self._image(rows["reference_image"][k], index)
-                examples.append({"reference": reference, "target": self._image(rows["target_image"][k], index), "text": text})
+                reference, target = (self._image(rows[column][k], index) for column in ("reference_image", "target_image"))
+                examples.append({"reference": reference, "target": target, "text": text})
         return examples
 
     def _image(self, encoded: dict, index: int) -> Image.Image:

@@ -17,7 +17,7 @@ def join_captions(captions: Sequence[str], rule: str = "fashioniq") -> str | lis
     """Join a triplet's captions into query text.
 
     Returns a string, or for `both-orders` a list of the two orderings (training augmentation; at evaluation
-    each ordering is a separate query).
+    the scores of the two orderings are averaged, so a triplet stays one query).
     """
     if rule not in CAPTION_JOIN_RULES:
         raise ValueError(f"unknown caption join rule {rule!r}; expected one of {', '.join(CAPTION_JOIN_RULES)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -232,9 +233,7 @@ def test_validation_predictions_agree_with_recall(tiny, dataset_dir, tmp_path, r
     evaluate(model, processor, dataset_dir, "dress", progress=False, predictions_dir=tmp_path)
     entries = json.loads((tmp_path / "cap.dress.validation.predictions.json").read_text())
     assert entries[0]["target"] and entries[0]["candidate"] == "dress000"
-    from tests.test_metric_module import METRIC_DIR
-
-    metric = evaluate_module.load(str(METRIC_DIR))
+    metric = evaluate_module.load(str(Path(__file__).resolve().parent.parent / "metrics" / "cir_recall"))
     computed = metric.compute(
         predictions=[e["ranking"] for e in entries], references=[e["target"] for e in entries], k_values=[1, 5, 10, 50]
     )
@@ -284,6 +283,8 @@ def test_cli(tiny, dataset_dir, tmp_path, capsys):
         (["--k-values", "1,61"], "k=61 is larger than the gallery (60 images)"),
         (["--exclude-reference", "--k-values", "60"], "one per query excluded as the reference"),
         (["--k-values", "ten"], "--k-values must be comma-separated integers"),
+        (["--batch-size", "0"], "batch size must be >= 1"),
+        (["--device", "tpu9"], "unknown device 'tpu9'"),
     ],
 )
 def test_cli_bad_input(tiny, dataset_dir, capsys, argv, message):
@@ -370,3 +371,9 @@ def test_max_matching_model(dataset_dir, tiny):
     assert results["configs"]["dress"]["num_queries"] == NUM_TRIPLETS
     with pytest.raises(EvalError, match="image-only baseline needs"):
         evaluate_baseline("image-only", processor, model, dataset_dir, "dress", progress=False)
+
+
+def test_worker_processes_give_the_same_numbers(tiny, dataset_dir, results):
+    model, processor, _ = tiny
+    with_workers = evaluate(model, processor, dataset_dir, "dress", progress=False, num_workers=1, batch_size=5)
+    assert with_workers["configs"]["dress"] == pytest.approx(results["configs"]["dress"])

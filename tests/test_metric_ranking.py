@@ -43,6 +43,14 @@ def test_ties_never_count_in_the_targets_favour():
         )
 
 
+def test_target_is_listed_after_its_ties_only():
+    just_below = torch.nextafter(torch.tensor(0.5), torch.tensor(0.0)).item()
+    scores = _scores([[just_below, 0.5, 0.5, 0.1]])  # an item one float below the target ranks after it
+    ranking = rank_scores(scores, k=3, targets=torch.tensor([2]))
+    assert ranking.target_ranks.tolist() == [1]
+    assert ranking.indices.tolist() == [[1, 2, 0]]
+
+
 def test_reference_exclusion():
     scores = _scores([[0.9, 0.8, 0.1], [0.9, 0.8, 0.1]])
     targets = torch.tensor([1, 0])
@@ -87,6 +95,9 @@ def test_chunked_ranking_matches_a_naive_count(k):
     assert torch.equal(whole.target_ranks, ranking.target_ranks)
     assert torch.equal(whole.scores, ranking.scores)
     assert not (ranking.indices == exclude[:, None]).any()
+    for row, rank in enumerate(ranking.target_ranks.tolist()):  # the lists put each target at its rank
+        if rank < k:
+            assert ranking.indices[row, rank] == targets[row]
 
 
 def test_k_equal_to_gallery_is_exact():

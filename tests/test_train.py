@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 import train_accelerate as ta
-from train_checkpoint import TrainerState, list_checkpoints, prune_checkpoints, resolve_resume, CheckpointError
-from train_data import EpochShuffleSampler, TripletDataset, choose_caption, load_training_triplets
+from train_checkpoint import CheckpointError, TrainerState, list_checkpoints, prune_checkpoints, resolve_resume
+from train_data import (
+    EpochShuffleSampler,
+    TripletCollator,
+    TripletDataset,
+    choose_caption,
+    load_training_triplets,
+    preprocess_pixels,
+)
 
 CONFIGS = "dress,shirt,toptee"
 
@@ -36,7 +45,7 @@ def finished_run(synthetic_dir, tmp_path_factory) -> Path:
     """One complete tiny run with evaluation, checkpoints, pruning and TensorBoard; tests only read it."""
     output_dir = tmp_path_factory.mktemp("train") / "run"
     argv = tiny_argv(synthetic_dir, output_dir, "--max-steps", "6", "--eval-steps", "3", "--save-total-limit", "2",
-                     "--report-to", "tensorboard")  # fmt: skip
+                     "--report-to", "tensorboard", "--cache-images")  # fmt: skip
     assert ta.main(argv) == 0
     return output_dir
 
@@ -99,7 +108,7 @@ def test_caption_augmentation_uses_the_shared_join_rule():
     assert choose_caption(["  a single FACap sentence "], "all", "fashioniq", rng) == "a single FACap sentence"
 
 
-def test_examples_are_a_pure_function_of_seed_epoch_and_index(synthetic_dir):
+def test_examples_are_a_pure_function_of_seed_epoch_and_index(synthetic_dir, tiny_processor):
     table = load_training_triplets([str(synthetic_dir)], CONFIGS.split(",")).table
     first, second = TripletDataset(table, seed=3), TripletDataset(table, seed=3)
     indices = list(range(len(table)))
@@ -109,6 +118,14 @@ def test_examples_are_a_pure_function_of_seed_epoch_and_index(synthetic_dir):
     assert texts != [example["text"] for example in second.__getitems__(indices)]  # augmentation varies by epoch
     example = first[0]
     assert example["reference"].mode == "RGB" and example["target"].size == (32, 32)
+
+    # Cached pixels give exactly the batches that decoding and processing every step gives.
+    collate = TripletCollator(tiny_processor)
+    cached = TripletDataset(table, seed=3, pixels=preprocess_pixels(table, tiny_processor, batch_size=16))
+    some = [5, 0, 80, 41]
+    from_images, from_cache = collate(first.__getitems__(some)), collate(cached.__getitems__(some))
+    assert from_images.keys() == from_cache.keys()
+    assert all(torch.equal(from_images[key], from_cache[key]) for key in from_images)
 
     sampler = EpochShuffleSampler(len(table), seed=3)
     epoch0 = list(sampler)
@@ -145,6 +162,27 @@ def test_optimizer_groups_and_schedule():
         scheduler.step()
     assert rates[0] == 0 and rates[5] == pytest.approx(0.5) and rates[10] == pytest.approx(1.0)
     assert rates[55] == pytest.approx(0.5, abs=0.02) and rates[-1] < 0.01
+
+
+def test_plan_counts_steps_epochs_and_warmup():
+    def plan(*extra: str, processes: int = 1) -> ta.RunPlan:
+        argv = ["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o", "--batch-size", "8", *extra]
+        return ta.plan_run(ta.parse_args(argv), 81, processes)
+
+    assert plan().total_steps == 10 and plan().warmup_steps == 0  # one epoch by default; 5 % of 10 steps
+    by_epochs = plan("--num-epochs", "1.5", "--gradient-accumulation-steps", "2")
+    assert (by_epochs.batches_per_epoch, by_epochs.total_steps, by_epochs.global_batch_size) == (10, 8, 16)
+    two = plan("--max-steps", "100", "--warmup-ratio", "0.1", processes=2)
+    assert (two.batches_per_epoch, two.global_batch_size, two.warmup_steps) == (5, 16, 10)
+
+
+def test_gradient_accumulation_consumes_that_many_batches_per_step(synthetic_dir, tmp_path, capsys):
+    output_dir = tmp_path / "accumulate"
+    argv = tiny_argv(synthetic_dir, output_dir, "--max-steps", "2", "--gradient-accumulation-steps", "3", "--no-eval")
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    state = TrainerState.read(list_checkpoints(output_dir)[-1])
+    assert (state.global_step, state.batches_seen, state.global_batch_size) == (2, 6, 24)
 
 
 # --------------------------------------------------------------------------------------------- a full run
@@ -186,6 +224,19 @@ def test_saved_models_load_with_remote_code(finished_run, synthetic_dir):
         with torch.no_grad():
             query = model.get_query_embeddings(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
         assert query.shape == (1, model.config.embedding_dim) and torch.isfinite(query).all()
+
+
+def test_resume_from_a_checkpoint_path_into_a_new_folder(finished_run, synthetic_dir, tmp_path, capsys):
+    resumed = tmp_path / "resumed"
+    argv = tiny_argv(synthetic_dir, resumed, "--max-steps", "6", "--eval-steps", "3", "--save-total-limit", "2",
+                     "--cache-images", "--resume-from-checkpoint", str(finished_run / "checkpoints" / "checkpoint-4"))  # fmt: skip
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    finished = load_file(finished_run / "final" / "model.safetensors")
+    for name, tensor in load_file(resumed / "final" / "model.safetensors").items():
+        assert torch.equal(tensor, finished[name]), name
+    records = [json.loads(line) for line in (resumed / "metrics.jsonl").read_text().splitlines()]
+    assert sorted({r["step"] for r in records}) == [5, 6]  # a new folder logs only the steps it trained
 
 
 def test_init_from_a_run_folder_fine_tunes_its_best_model(finished_run, synthetic_dir, tmp_path, capsys):
@@ -259,6 +310,13 @@ def test_resume_needs_a_checkpoint(finished_run, synthetic_dir, tmp_path, capsys
                      str(finished_run / "checkpoints" / "checkpoint-4"))  # fmt: skip
     code, err = run_main(argv, capsys)
     assert code == 2 and "global batch of 8 examples per step, this run uses 4" in err
+
+
+def test_missing_tracker_package_is_an_error(synthetic_dir, tmp_path, capsys):
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    code, err = run_main(tiny_argv(synthetic_dir, tmp_path / "out", "--report-to", "wandb"), capsys)
+    assert code == 2 and "--report-to wandb: the wandb package is not installed" in err
 
 
 def test_latest_ignores_interrupted_saves_and_pruning_keeps_the_newest(tmp_path):

@@ -20,10 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _argv(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
-    # 81 triplets / batch 8 = 10 batches per epoch: 14 steps cross an epoch boundary after the resume point.
+    # 81 triplets / batch 8 = 10 batches per epoch: 11 steps cross an epoch boundary after the resume point.
     # One DataLoader worker, so that resuming is also checked through worker processes.
     return ["--dataset", str(dataset), "--configs", "dress,shirt,toptee", "--model", "tiny", "--output-dir",
-            str(output_dir), "--batch-size", "8", "--max-steps", "14", "--save-steps", "3", "--no-eval",
+            str(output_dir), "--batch-size", "8", "--max-steps", "11", "--save-steps", "3", "--no-eval",
             "--num-workers", "1", "--learning-rate", "1e-3", "--adapter-learning-rate", "1e-3", "--logging-steps", "1",
             *extra]  # fmt: skip
 
@@ -62,16 +62,3 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(synthetic_dir, t
 
     _assert_same_weights(uninterrupted, killed)
     assert _losses(killed) == _losses(uninterrupted)  # no step repeated or skipped, same batches and captions
-
-
-def test_resume_from_a_checkpoint_path_into_a_new_folder(synthetic_dir, tmp_path):
-    first = tmp_path / "first"
-    argv = _argv(synthetic_dir, first, "--max-steps", "7", "--num-workers", "0")
-    assert ta.main(argv) == 0
-    checkpoint = first / "checkpoints" / "checkpoint-3"
-    second = tmp_path / "second"
-    argv = _argv(synthetic_dir, second, "--max-steps", "7", "--num-workers", "0", "--resume-from-checkpoint", str(checkpoint))
-    assert ta.main(argv) == 0
-    _assert_same_weights(first, second)
-    assert sorted(_losses(second)) == [4, 5, 6, 7]  # a new folder logs only the steps it trained
-    assert {step: loss for step, loss in _losses(first).items() if step > 3} == _losses(second)
