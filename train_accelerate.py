@@ -387,19 +387,14 @@ def _is_fashionblip2_folder(path: Path) -> bool:
 
 
 def _from_blip2(path_or_id: str):
-    """Convert a BLIP-2 retrieval checkpoint; its own tokenizer and image processor become ours."""
-    from transformers import AutoImageProcessor, AutoTokenizer
-
+    """Convert a BLIP-2 retrieval checkpoint; its own tokenizer and image processor become the processor."""
     from modeling_fashionblip2 import PRESETS, FashionBlip2Model, FashionBlip2Processor
+    from modeling_fashionblip2 import CheckpointError as ConversionError
 
     try:
         model = FashionBlip2Model.from_blip2(path_or_id)
-        processor = FashionBlip2Processor(
-            AutoImageProcessor.from_pretrained(path_or_id),
-            AutoTokenizer.from_pretrained(path_or_id),
-            max_text_length=model.config.max_text_length,
-        )
-    except (OSError, ValueError) as error:
+        processor = FashionBlip2Processor.from_blip2(path_or_id, max_text_length=model.config.max_text_length)
+    except (OSError, ValueError, ConversionError) as error:
         raise TrainingError(
             f"--model {path_or_id!r} is neither a preset ({', '.join(PRESETS)}), a saved FashionBLIP-2 folder, "
             f"nor a loadable BLIP-2 retrieval checkpoint: {error}"

@@ -249,6 +249,26 @@ def test_init_from_a_run_folder_fine_tunes_its_best_model(finished_run, syntheti
         ta.resolve_init_from(tmp_path)
 
 
+def test_model_from_a_blip2_retrieval_checkpoint(synthetic_dir, tiny_blip2_config, tiny_processor, tmp_path, capsys):
+    import copy
+
+    from transformers import Blip2ForImageTextRetrieval, Blip2Processor
+
+    checkpoint = tmp_path / "blip2"
+    Blip2ForImageTextRetrieval(tiny_blip2_config).save_pretrained(checkpoint)
+    Blip2Processor(tiny_processor.image_processor, copy.deepcopy(tiny_processor.tokenizer)).save_pretrained(checkpoint)
+    argv = tiny_argv(synthetic_dir, tmp_path / "run", "--max-steps", "1", "--no-eval")
+    argv[argv.index("--model") + 1] = str(checkpoint)
+    code, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "final" / "config.json").read_text())["model_type"] == "fashionblip2"
+
+    argv[argv.index("--model") + 1] = str(tmp_path / "not-a-model")
+    argv[argv.index("--output-dir") + 1] = str(tmp_path / "run2")
+    code, err = run_main(argv, capsys)
+    assert code == 2 and "is neither a preset (tiny, demo, blip2-vit-g)" in err
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 def test_output_dir_holding_a_run_is_refused_unless_overwrite(finished_run, synthetic_dir, tmp_path, capsys):
     code, err = run_main(tiny_argv(synthetic_dir, finished_run), capsys)
