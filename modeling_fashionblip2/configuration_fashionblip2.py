@@ -122,6 +122,9 @@ class FashionBlip2Config(PreTrainedConfig):
     matching (`str`): `"multihead"` (TokenMix + ChannelMix, score = dot product) or `"max"` (BLIP-2 ITC style).
     freeze_vision (`bool`): keep the vision tower's own weights frozen (adapters still train).
     temperature_init (`float`): initial value of the learnable softmax temperature.
+    reference_negatives (`bool`): in the training loss, also score each query against the candidate embeddings of
+        the batch's reference images (as negatives). The reference is the hardest negative of composed retrieval
+        (image-only similarity ranks it first), and in-batch targets rarely resemble it.
     max_text_length (`int`): longest accepted `input_ids`; the processor truncates to it.
     preset (`str`, *optional*): name of the preset this config came from (recorded for model cards).
     """
@@ -141,6 +144,7 @@ class FashionBlip2Config(PreTrainedConfig):
     matching: str = "multihead"
     freeze_vision: bool = True
     temperature_init: float = 0.07
+    reference_negatives: bool = False
     max_text_length: int = 64
     preset: str | None = None
     initializer_range: float = 0.02

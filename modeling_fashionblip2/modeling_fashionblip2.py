@@ -43,7 +43,8 @@ class FashionBlip2Output(ModelOutput):
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
         InfoNCE loss of the queries against all (gathered) candidates.
     logits_per_query (`torch.FloatTensor` of shape `(batch_size, num_candidates)`, *optional*):
-        Scores divided by the temperature; `num_candidates` is the global batch when training distributed.
+        Scores divided by the temperature; `num_candidates` is the global batch when training distributed, twice
+        that when the loss adds the references as negatives (`config.reference_negatives`).
     query_embeds (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`):
         Unit-norm query embeddings.
     candidate_embeds (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`, or `(batch_size,
@@ -367,6 +368,10 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         query_embeds = self._embed_query(self._query_states(reference_embeds, input_ids, attention_mask))
         candidate_embeds = self._embed_candidate(self._candidate_states(target_embeds))
         all_candidates, rank = gather_with_grad(candidate_embeds) if return_loss else (candidate_embeds, 0)
+        if return_loss and self.config.reference_negatives:
+            # Appended after the targets, so the positives' labels (arange(n) + n * rank) are unchanged.
+            reference_candidates, _ = gather_with_grad(self._embed_candidate(self._candidate_states(reference_embeds)))
+            all_candidates = torch.cat([all_candidates, reference_candidates])
         temperature = self.temperature.clamp(*TEMPERATURE_RANGE)
         logits_per_query = self.score(query_embeds, all_candidates) / temperature
         loss = self.loss_fn(logits_per_query, rank) if return_loss else None

@@ -140,6 +140,19 @@ def test_forward_outputs(batch):
     torch.testing.assert_close(query_only.query_embeds, out.query_embeds)
 
 
+def test_reference_negatives_extend_the_loss_with_the_references(batch):
+    model = tiny_model(reference_negatives=True).eval()
+    with torch.no_grad():
+        out = model(**batch, return_loss=True)
+        references = model.get_candidate_embeddings(batch["reference_pixel_values"])
+    candidates = torch.cat([out.candidate_embeds, references])
+    expected = model.score(out.query_embeds, candidates) / model.config.temperature_init
+    torch.testing.assert_close(out.logits_per_query, expected)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, torch.arange(len(TEXTS))))
+    with torch.no_grad():  # scoring without the loss is unchanged: targets only
+        assert model(**batch).logits_per_query.shape == (len(TEXTS), len(TEXTS))
+
+
 def test_max_matching_keeps_per_token_candidates(batch):
     model = tiny_model(matching="max").eval()
     with torch.no_grad():
