@@ -13,6 +13,7 @@ See docs/training.md.
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "a BLIP-2 retrieval checkpoint (folder or Hub id, converted with from_blip2)")
     model.add_argument("--init-from", type=Path, help="fine-tune a trained model: a saved model folder or a "
                        "training output folder (its best/, else final/)")
+    model.add_argument("--model-overrides", type=_json_object, default={}, metavar="JSON",
+                       help='config fields to set on the model, e.g. \'{"reference_negatives": true}\' (presets, '
+                       "saved folders and BLIP-2 conversions alike)")
     model.add_argument("--gradient-checkpointing", action="store_true")
 
     optim = parser.add_argument_group("optimisation")
@@ -140,6 +144,16 @@ def _comma_list(text: str) -> list[str]:
     if not items:
         raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
     return items
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return value
 
 
 def _int_list(text: str) -> list[int]:
@@ -192,6 +206,8 @@ def _convert_config_value(action: argparse.Action, value: Any, path: Path, parse
         return [str(item) for item in (value if isinstance(value, list) else [value])]
     if action.type in (_comma_list, _int_list) and isinstance(value, list):
         value = ",".join(str(item) for item in value)
+    if action.type is _json_object and isinstance(value, dict):
+        return value
     converter = action.type or (lambda raw: raw)
     try:
         converted = value if isinstance(value, bool) else converter(str(value))
@@ -354,31 +370,44 @@ def load_model_and_processor(args: argparse.Namespace, texts: Sequence[str]):
     """--model PRESET | saved FashionBLIP-2 folder | BLIP-2 checkpoint, or --init-from a trained model/run."""
     from modeling_fashionblip2 import PRESETS
 
+    overrides = args.model_overrides
     if args.init_from is not None:
-        model, processor = _load_saved(resolve_init_from(args.init_from))
+        model, processor = _load_saved(resolve_init_from(args.init_from), overrides)
     elif args.model in PRESETS:
-        model, processor = _from_preset(args.model, texts)
+        model, processor = _from_preset(args.model, texts, overrides)
     elif _is_fashionblip2_folder(Path(args.model)):
-        model, processor = _load_saved(Path(args.model))
+        model, processor = _load_saved(Path(args.model), overrides)
     else:
-        model, processor = _from_blip2(args.model)
+        model, processor = _from_blip2(args.model, overrides)
     if args.targetpad is not None:
         # A processor attribute, saved with it: evaluation and the app pad exactly as training did.
         processor.target_pad_ratio = args.targetpad
     return model, processor
 
 
-def _from_preset(name: str, texts: Sequence[str]):
+def _from_preset(name: str, texts: Sequence[str], overrides: dict[str, Any]):
     """A random-init model; its tokenizer is built offline from the training texts' words."""
     from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
 
-    config = FashionBlip2Config.from_preset(name)
+    config = _model_config(FashionBlip2Config.from_preset, name, overrides)
     processor = FashionBlip2Processor.from_texts(
         texts, image_size=config.vision_config.image_size, max_text_length=config.max_text_length
     )
     if len(processor.tokenizer) > config.qformer_config.vocab_size:
-        config = FashionBlip2Config.from_preset(name, qformer_config={"vocab_size": len(processor.tokenizer)})
+        qformer = {**overrides.get("qformer_config", {}), "vocab_size": len(processor.tokenizer)}
+        config = _model_config(FashionBlip2Config.from_preset, name, {**overrides, "qformer_config": qformer})
     return FashionBlip2Model(config), processor
+
+
+def _model_config(factory, name: str, overrides: dict[str, Any]):
+    try:
+        config = factory(name, **copy.deepcopy(overrides))
+    except (ValueError, TypeError) as error:
+        raise TrainingError(f"--model-overrides {json.dumps(overrides)}: {error}") from error
+    unknown = sorted(set(overrides) - set(type(config)().to_dict()))  # a typo would become a stray attribute
+    if unknown:
+        raise TrainingError(f"--model-overrides: {', '.join(unknown)} is not a FashionBLIP-2 config field")
+    return config
 
 
 def _is_fashionblip2_folder(path: Path) -> bool:
@@ -386,13 +415,13 @@ def _is_fashionblip2_folder(path: Path) -> bool:
     return config_file.is_file() and json.loads(config_file.read_text()).get("model_type") == "fashionblip2"
 
 
-def _from_blip2(path_or_id: str):
+def _from_blip2(path_or_id: str, overrides: dict[str, Any]):
     """Convert a BLIP-2 retrieval checkpoint; its own tokenizer and image processor become the processor."""
     from modeling_fashionblip2 import PRESETS, FashionBlip2Model, FashionBlip2Processor
     from modeling_fashionblip2 import CheckpointError as ConversionError
 
     try:
-        model = FashionBlip2Model.from_blip2(path_or_id)
+        model = FashionBlip2Model.from_blip2(path_or_id, **copy.deepcopy(overrides))
         processor = FashionBlip2Processor.from_blip2(path_or_id, max_text_length=model.config.max_text_length)
     except (OSError, ValueError, ConversionError) as error:
         raise TrainingError(
@@ -412,10 +441,11 @@ def resolve_init_from(path: Path) -> Path:
     raise TrainingError(f"--init-from {path}: neither a saved FashionBLIP-2 folder nor a run folder with best/ or final/")
 
 
-def _load_saved(path: Path):
-    from modeling_fashionblip2 import FashionBlip2Model, FashionBlip2Processor
+def _load_saved(path: Path, overrides: dict[str, Any]):
+    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
 
-    return FashionBlip2Model.from_pretrained(path), FashionBlip2Processor.from_pretrained(path)
+    config = _model_config(FashionBlip2Config.from_pretrained, str(path), overrides)
+    return FashionBlip2Model.from_pretrained(path, config=config), FashionBlip2Processor.from_pretrained(path)
 
 
 def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.optim.Optimizer:

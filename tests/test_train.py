@@ -65,12 +65,27 @@ def test_config_file_supplies_options_and_command_line_wins(tmp_path):
     assert args.dataset == ["a", "b"] and args.configs == ["dress"] and args.init_from == Path("runs/x")
 
 
+def test_model_overrides_set_config_fields_and_refuse_unknown_ones(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("model_overrides: {adapter_dim: 4, temperature_init: 0.05}\n")
+    args = ta.parse_args(["--config", str(config), "--dataset", "d", "--configs", "dress", "--model", "tiny",
+                          "--output-dir", "o"])  # fmt: skip
+    assert args.model_overrides == {"adapter_dim": 4, "temperature_init": 0.05}
+    model, _ = ta.load_model_and_processor(args, ["is red", "has long sleeves"])
+    assert model.config.adapter_dim == 4 and model.config.temperature_init == 0.05
+    args = ta.parse_args(["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o",
+                          "--model-overrides", '{"adapter_dimm": 4}'])  # fmt: skip
+    with pytest.raises(ta.TrainingError, match="adapter_dimm is not a FashionBLIP-2 config field"):
+        ta.load_model_and_processor(args, ["is red"])
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
         ("dataset: a\nlearning_rat: 1\n", "unknown option 'learning_rat'"),
         ("report_to: mlflow\n", "'mlflow' is not one of"),
         ("- just\n- a list\n", "expected a mapping"),
+        ("model_overrides: '[1]'\n", "expected a JSON object"),
     ],
 )
 def test_config_file_errors_name_the_culprit(tmp_path, capsys, content, message):
