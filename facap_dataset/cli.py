@@ -9,7 +9,7 @@ import sys
 
 from .errors import DataError
 
-# (module that implements the command, whether it registers under `build`)
+# Modules that register their sub-commands: data sources under `build`, then the top-level commands.
 _BUILDERS = ("synthetic", "builders")
 _COMMANDS = ("inspect", "hub", "annotate.cli")
 
@@ -27,21 +27,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sources = build.add_subparsers(dest="source", required=True, metavar="SOURCE")
     for name in _BUILDERS:
-        _register(name, sources)
+        importlib.import_module(f".{name}", __package__).add_parser(sources)
     for name in _COMMANDS:
-        _register(name, commands)
+        importlib.import_module(f".{name}", __package__).add_parser(commands)
     return parser
-
-
-def _register(name, subparsers):
-    # TODO(coordinator): temporary while the areas land in parallel; removed at integration.
-    try:
-        module = importlib.import_module(f".{name}", __package__)
-    except ModuleNotFoundError as error:
-        if error.name and error.name.startswith(__package__ + "." + name.split(".")[0]):
-            return
-        raise
-    module.add_parser(subparsers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,12 +79,15 @@ class _Split:
     gallery: list[_Image] = field(default_factory=list)
 
 
-def triplet_counts(num_images: int) -> dict[str, dict[str, int]]:
-    """category -> split -> number of triplets for a total budget of `num_images` drawn images."""
+def triplet_counts(num_images: int, train_triplets: int | None = None) -> dict[str, dict[str, int]]:
+    """category -> split -> number of triplets for a total budget of `num_images` drawn images; `train_triplets`
+    (per category) replaces the train split's share of the budget, leaving validation and test as they are."""
     counts = {}
     for index, category in enumerate(CATEGORIES):
         budget = num_images // len(CATEGORIES) + (index < num_images % len(CATEGORIES))
         counts[category] = {s: int(budget * SPLIT_SHARES[s]) // _IMAGES_PER_TRIPLET[s] for s in SPLITS}
+        if train_triplets is not None:
+            counts[category]["train"] = train_triplets
     return counts
 
 
@@ -97,11 +100,16 @@ def minimum_num_images() -> int:
 
 
 def generate_synthetic(
-    *, num_images: int = DEFAULT_NUM_IMAGES, seed: int = 0, image_size: int = DEFAULT_IMAGE_SIZE
+    *,
+    num_images: int = DEFAULT_NUM_IMAGES,
+    seed: int = 0,
+    image_size: int = DEFAULT_IMAGE_SIZE,
+    train_triplets: int | None = None,
 ) -> dict[str, DatasetDict]:
-    """The configs (`dress`, ..., `dress-gallery`, ...) as in-memory DatasetDicts; deterministic per seed."""
-    _check_options(num_images, seed, image_size)
-    counts = triplet_counts(num_images)
+    """The configs (`dress`, ..., `dress-gallery`, ...) as in-memory DatasetDicts; deterministic per seed.
+    Each split draws from its own random stream, so `train_triplets` leaves validation and test unchanged."""
+    _check_options(num_images, seed, image_size, train_triplets)
+    counts = triplet_counts(num_images, train_triplets)
     configs = {}
     for cat_index, category in enumerate(CATEGORIES):
         triplets, galleries = DatasetDict(), DatasetDict()
@@ -120,17 +128,22 @@ def build_synthetic(
     num_images: int = DEFAULT_NUM_IMAGES,
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
+    train_triplets: int | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Generate the catalogue and write it to `out_dir` (Parquet + dataset card); returns the folder."""
-    _check_options(num_images, seed, image_size)
+    _check_options(num_images, seed, image_size, train_triplets)
     check_destination(out_dir, PRETTY_NAME, overwrite)  # fail before generating, not after
-    configs = generate_synthetic(num_images=num_images, seed=seed, image_size=image_size)
+    configs = generate_synthetic(num_images=num_images, seed=seed, image_size=image_size,
+                                 train_triplets=train_triplets)
     options = {"num_images": num_images, "seed": seed, "image_size": image_size}
     command = (
         f"python -m facap_dataset build synthetic --out {shlex.quote(str(out_dir))} --num-images {num_images} "
         f"--seed {seed} --image-size {image_size}"
     )
+    if train_triplets is not None:
+        options["train_triplets"] = train_triplets
+        command += f" --train-triplets {train_triplets}"
     return write_dataset(out_dir, configs, card=_card(command, options, _difficulty(configs)), overwrite=overwrite)
 
 
@@ -154,7 +167,7 @@ def _difficulty(configs: dict[str, DatasetDict], split: str = "validation") -> s
     )
 
 
-def _check_options(num_images: int, seed: int, image_size: int) -> None:
+def _check_options(num_images: int, seed: int, image_size: int, train_triplets: int | None = None) -> None:
     minimum = minimum_num_images()
     if num_images < minimum:
         raise DataError(
@@ -165,6 +178,8 @@ def _check_options(num_images: int, seed: int, image_size: int) -> None:
         raise DataError(f"--image-size {image_size} is outside {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE} pixels")
     if seed < 0:
         raise DataError(f"--seed {seed} must be a non-negative integer")
+    if train_triplets is not None and train_triplets < 1:
+        raise DataError(f"--train-triplets {train_triplets} must be at least 1")
 
 
 # ------------------------------------------------------------------------------------------ sampling
@@ -300,6 +315,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; equal seeds give equal datasets")
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                         help=f"image side in pixels (default {DEFAULT_IMAGE_SIZE}; 224 for BLIP-2-sized models)")
+    parser.add_argument("--train-triplets", type=int, default=None, metavar="N",
+                        help="training triplets per category, drawn on top of --num-images (default: the train "
+                             "split's share of --num-images); validation and test stay as --num-images makes them")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another dataset")
     parser.set_defaults(func=_run)
 
@@ -307,9 +325,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = build_synthetic(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                          overwrite=args.overwrite)
+                          train_triplets=args.train_triplets, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
-    counts = triplet_counts(args.num_images)
+    counts = triplet_counts(args.num_images, args.train_triplets)
     drawn = sum(c[s] * _IMAGES_PER_TRIPLET[s] for c in counts.values() for s in SPLITS)
     print(f"wrote {out} in {seconds:.1f} s ({drawn} images, {drawn / seconds:.0f} images/s)")
     for category, split_counts in counts.items():
