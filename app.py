@@ -29,6 +29,7 @@ from PIL import Image
 from facap_dataset.captions import join_captions
 from facap_dataset.errors import DataError
 from facap_dataset.images import load_rgb
+from facap_dataset.loading import resolve as resolve_dataset
 from facap_dataset.schema import GALLERY_SUFFIX, is_gallery_config
 
 import eval_cir
@@ -36,8 +37,8 @@ from cir_cache import model_fingerprint
 from cir_index import CIRIndex
 from cir_ranking import RetrievalError
 
-DEFAULT_MODEL = "runs/demo/final"
-DEFAULT_DATASET = "data/synthetic"
+DEFAULT_MODEL = "demo_output/run/best"  # what `make demo` trains and builds
+DEFAULT_DATASET = "./demo_output/synthetic"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "facap" / "app"
 # Uploads are shrunk to this longest side before anything else: the processor resizes to the model's input
 # size anyway, and a 50-megapixel photo would otherwise cost seconds and hundreds of MB per query.
@@ -186,6 +187,7 @@ def _image_suffix(data: bytes) -> str:
 
 def resolve_configs(dataset: str, requested: list[str] | None) -> list[str]:
     try:
+        resolve_dataset(dataset)  # facap_dataset's rule: a cwd folder never silently shadows a Hub id
         available = datasets.get_dataset_config_names(dataset)
     except (OSError, ValueError) as error:  # FileNotFoundError locally, ConnectionError for an unreachable hub id
         hint = " (`make demo` builds it)" if dataset == DEFAULT_DATASET else ""
@@ -449,10 +451,10 @@ def index_for(args, model, processor, config: str, gallery: datasets.Dataset, in
             return CIRIndex.load(index_dir), f"loaded from {index_dir}"
         except RetrievalError as error:
             raise AppError(f"--index {index_dir}: {error}") from error
-    settings = eval_cir._Settings(args.batch_size, model.device, torch.float32, 0, True)
     with torch.inference_mode():
-        embeddings, ids, _, cache_state = eval_cir._gallery_embeddings(
-            model, processor, gallery, category_of(config), args.split, settings, args.cache_dir, fingerprint()
+        embeddings, ids, cache_state = eval_cir.gallery_embeddings(
+            model, processor, gallery, category_of(config), args.split,
+            model_fp=fingerprint(), batch_size=args.batch_size, cache_dir=args.cache_dir,
         )
     if embeddings.ndim != 2:
         raise AppError(

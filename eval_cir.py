@@ -267,6 +267,21 @@ def _gallery_embeddings(model, processor, gallery, config, split, settings, cach
     return embeddings, ids, gallery_fp, "miss" if cache_dir is not None else "off"
 
 
+def gallery_embeddings(
+    model, processor, gallery: datasets.Dataset, config: str, split: str, *, model_fp: str,
+    batch_size: int = 64, cache_dir: str | Path | None = None, progress: bool = True,
+) -> tuple[torch.Tensor, list[str], str]:
+    """Candidate embeddings of one gallery split, read from or written to the same cache as `evaluate` uses.
+
+    Returns `(embeddings, image_ids, cache_state)` with `cache_state` one of `hit`, `miss`, `off`;
+    `model_fp` is `cir_cache.model_fingerprint(model, processor)` (computed once by the caller)."""
+    settings = _Settings(batch_size, next(model.parameters()).device, torch.float32, 0, progress)
+    embeddings, ids, _, cache_state = _gallery_embeddings(
+        model, processor, gallery, config, split, settings, cache_dir, model_fp
+    )
+    return embeddings, ids, cache_state
+
+
 def _precision_name(dtype: torch.dtype) -> str:
     return next(name for name, value in PRECISIONS.items() if value == dtype)
 

@@ -18,6 +18,7 @@ from PIL import Image
 from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
 from facap_dataset.errors import DataError, SchemaError
 from facap_dataset.images import load_rgb
+from facap_dataset.loading import resolve as resolve_dataset
 
 # The columns training reads (DESIGN.md 3.2); anything else a dataset carries is dropped before mixing.
 TRIPLET_COLUMNS = ("captions", "reference_image", "target_image")
@@ -65,6 +66,7 @@ def load_training_triplets(datasets_: Sequence[str], configs: Sequence[str], spl
 
 def _config_names(name: str) -> set[str]:
     try:
+        resolve_dataset(name)  # facap_dataset's rule: a cwd folder never silently shadows a Hub id
         return set(datasets.get_dataset_config_names(name))
     except (FileNotFoundError, ConnectionError) as error:
         raise DataError(f"dataset {name!r} cannot be opened (not a built dataset folder, or a Hub id while "

@@ -194,8 +194,26 @@ def test_out_holding_a_different_dataset(tmp_path, capsys, synthetic_dir):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
+def test_train_triplets_grows_train_only(tmp_path, rows, capsys):
+    out = tmp_path / "ds"
+    args = ["build", "synthetic", "--out", str(out), "--num-images", "300", "--image-size", "32"]
+    assert main([*args, "--train-triplets", "40"]) == 0
+    assert "train 40 triplets" in capsys.readouterr().out
+    grown = _all_rows(out)
+    for category in FASHIONIQ_CATEGORIES:
+        train = grown[(category, "train")]
+        assert len(train) == 40 > len(rows[(category, "train")])
+        assert len(grown[(gallery_config(category), "train")]) == 2 * 40
+        assert len({r["captions"][0] + r["reference_attributes"] for r in train}) > 30  # fresh draws, not repeats
+        for split in ("validation", "test"):  # each split has its own random stream: evaluation is untouched
+            for config in (category, gallery_config(category)):
+                assert grown[(config, split)] == rows[(config, split)]
+    assert "--train-triplets 40" in (out / "README.md").read_text()
+
+
 @pytest.mark.parametrize(
-    ("option", "value", "message"), [("--image-size", "8", "outside"), ("--seed", "-1", "non-negative")]
+    ("option", "value", "message"),
+    [("--image-size", "8", "outside"), ("--seed", "-1", "non-negative"), ("--train-triplets", "0", "at least 1")],
 )
 def test_bad_options(tmp_path, capsys, option, value, message):
     assert main(["build", "synthetic", "--out", str(tmp_path / "ds"), option, value]) == 2
