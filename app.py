@@ -419,15 +419,10 @@ def build_ui(engine: SearchEngine, examples: Sequence[Example], *, top_k: int, t
 
 
 def select_device(name: str | None) -> torch.device:
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise AppError(f"--device {name!r} is not a torch device: {error}") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AppError(f"--device {name!r}: no CUDA device is available")
-    return device
+        return eval_cir.resolve_device(name)
+    except eval_cir.EvalError as error:
+        raise AppError(f"--device {error}") from error
 
 
 def load_model(model: str, device: torch.device):

@@ -87,7 +87,7 @@ def load_model_and_processor(path_or_id: str | os.PathLike, device: str | torch.
         processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=True)
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise EvalError(f"cannot load the processor of {path_or_id!s}: {error}") from error
-    return model.to(_resolve_device(device)).eval(), processor
+    return model.to(resolve_device(device)).eval(), processor
 
 
 def _check_compatible(model, name: str) -> None:
@@ -99,13 +99,13 @@ def _check_compatible(model, name: str) -> None:
         )
 
 
-def _resolve_device(device: str | torch.device | None) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolved = torch.device(device)
     except RuntimeError as error:
-        raise EvalError(f"unknown device {device!r}: {error}") from error
+        raise EvalError(f"{device!r} is not a torch device: {error}") from error
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise EvalError(f"device {device!r} asked for, but CUDA is not available")
     return resolved
@@ -428,7 +428,7 @@ def _run(model, processor, dataset, configs, split, mode, *, batch_size=64, devi
     _check_compatible(model, type(model).__name__)
     k_values = sorted({int(k) for k in k_values})
     if device is not None:
-        model.to(_resolve_device(device))
+        model.to(resolve_device(device))
     settings = _Settings(batch_size, next(model.parameters()).device, PRECISIONS[precision], num_workers, progress)
     dataset, available = _resolve_dataset(dataset)
     options = {

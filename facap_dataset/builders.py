@@ -709,6 +709,10 @@ def _report(configs: Mapping[str, DatasetDict], out: Path) -> int:
     return 0
 
 
+def _common_options(args: argparse.Namespace) -> dict:
+    return {"on_missing": args.on_missing, "num_proc": args.num_proc, "overwrite": args.overwrite, "progress": True}
+
+
 def _run_fashioniq(args: argparse.Namespace) -> int:
     configs = build_fashioniq(
         args.raw_dir,
@@ -716,10 +720,7 @@ def _run_fashioniq(args: argparse.Namespace) -> int:
         images_dir=args.images_dir,
         categories=args.categories,
         splits=args.splits,
-        on_missing=args.on_missing,
-        num_proc=args.num_proc,
-        overwrite=args.overwrite,
-        progress=True,
+        **_common_options(args),
     )
     return _report(configs, args.out)
 
@@ -731,10 +732,7 @@ def _run_facap(args: argparse.Namespace) -> int:
         args.out,
         categories=args.categories,
         val_fraction=args.val_fraction,
-        on_missing=args.on_missing,
-        num_proc=args.num_proc,
-        overwrite=args.overwrite,
-        progress=True,
+        **_common_options(args),
     )
     return _report(configs, args.out)
 
@@ -747,9 +745,6 @@ def _run_enhfashioniq(args: argparse.Namespace) -> int:
         images_dir=args.images_dir,
         categories=args.categories,
         splits=args.splits,
-        on_missing=args.on_missing,
-        num_proc=args.num_proc,
-        overwrite=args.overwrite,
-        progress=True,
+        **_common_options(args),
     )
     return _report(configs, args.out)

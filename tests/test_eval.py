@@ -284,7 +284,7 @@ def test_cli(tiny, dataset_dir, tmp_path, capsys):
         (["--exclude-reference", "--k-values", "60"], "one per query excluded as the reference"),
         (["--k-values", "ten"], "--k-values must be comma-separated integers"),
         (["--batch-size", "0"], "batch size must be >= 1"),
-        (["--device", "tpu9"], "unknown device 'tpu9'"),
+        (["--device", "tpu9"], "'tpu9' is not a torch device"),
     ],
 )
 def test_cli_bad_input(tiny, dataset_dir, capsys, argv, message):
