@@ -316,8 +316,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE,
                         help=f"image side in pixels (default {DEFAULT_IMAGE_SIZE}; 224 for BLIP-2-sized models)")
     parser.add_argument("--train-triplets", type=int, default=None, metavar="N",
-                        help="training triplets per category, drawn on top of --num-images (default: the train "
-                             "split's share of --num-images); validation and test stay as --num-images makes them")
+                        help="training triplets per category, in place of the train split's share of --num-images "
+                             "(the default); validation and test stay as --num-images makes them")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another dataset")
     parser.set_defaults(func=_run)
 

@@ -12,7 +12,9 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_
 started=$(date +%s)
 
 echo "== 1/3 building the synthetic set in $OUT/synthetic"
-"$PYTHON" -m facap_dataset build synthetic --out "$OUT/synthetic" --num-images 6000 --seed 0 --overwrite
+"$PYTHON" -m facap_dataset build synthetic --out "$OUT/synthetic" --num-images 6000 --train-triplets 5000 --seed 0 \
+    --overwrite
+"$PYTHON" -m facap_dataset inspect "$OUT/synthetic"   # statistics, oracles and a contact sheet path
 
 echo "== 2/3 training the demo preset (options: scripts/demo_train.yaml) into $OUT/run"
 accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
