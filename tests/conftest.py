@@ -94,31 +94,18 @@ def tiny_model_dir(tmp_path_factory, tiny_processor):
 
 @pytest.fixture(scope="session")
 def tiny_blip2_config():
-    """A tiny transformers Blip2Config for a Blip2ForImageTextRetrieval (text input on, 32 px, 32-d)."""
+    """A tiny transformers Blip2Config for a Blip2ForImageTextRetrieval: the `tiny` preset's vision tower and
+    Q-Former (one source for those sizes), with text input on."""
     from transformers import Blip2Config
 
+    from modeling_fashionblip2.configuration_fashionblip2 import PRESETS
+
+    tiny = PRESETS["tiny"]
     return Blip2Config(
-        vision_config={
-            "hidden_size": 32,
-            "intermediate_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "image_size": 32,
-            "patch_size": 8,
-            "initializer_range": 0.02,
-        },
-        qformer_config={
-            "vocab_size": 1024,
-            "hidden_size": 32,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 4,
-            "intermediate_size": 64,
-            "max_position_embeddings": 64,
-            "cross_attention_frequency": 1,
-            "use_qformer_text_input": True,
-        },
+        vision_config=dict(tiny["vision_config"]),
+        qformer_config={**tiny["qformer_config"], "use_qformer_text_input": True},
         text_config={"model_type": "opt", "hidden_size": 16, "num_hidden_layers": 1, "ffn_dim": 32,
                      "num_attention_heads": 2, "vocab_size": 100, "word_embed_proj_dim": 16},
-        num_query_tokens=8,
-        image_text_hidden_size=32,
+        num_query_tokens=tiny["num_query_tokens"],
+        image_text_hidden_size=tiny["image_text_hidden_size"],
     )
