@@ -19,9 +19,13 @@ from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
 from facap_dataset.errors import DataError, SchemaError
 from facap_dataset.images import load_rgb
 from facap_dataset.loading import resolve as resolve_dataset
+from facap_dataset.schema import NEGATIVE_IMAGE_COLUMN
 
-# The columns training reads (DESIGN.md 3.2); anything else a dataset carries is dropped before mixing.
+# The columns training reads (DESIGN.md 3.2), plus the optional hard negative; anything else a dataset carries
+# is dropped before mixing.
 TRIPLET_COLUMNS = ("captions", "reference_image", "target_image")
+# image column -> the model argument `{role}_pixel_values` it feeds
+IMAGE_ROLES = {"reference_image": "reference", "target_image": "target", NEGATIVE_IMAGE_COLUMN: "negative"}
 # Caption augmentation modes: `none` joins with --caption-join; `both-orders` picks one of the two orderings
 # of a Fashion IQ caption pair; `all` also allows either caption alone.
 CAPTION_AUGMENTATIONS = ("both-orders", "all", "none")
@@ -34,30 +38,44 @@ class TrainingTriplets:
     table: datasets.Dataset
     sources: tuple[str, ...]  # "DATASET:CONFIG (N triplets)" per part
 
+    @property
+    def has_negatives(self) -> bool:
+        """Whether every triplet brings a hard negative image (added to the loss's candidates)."""
+        return NEGATIVE_IMAGE_COLUMN in self.table.column_names
+
     def texts(self) -> list[str]:
         """Every caption of the split, for building a tokenizer vocabulary."""
         return [caption for captions in self.table["captions"] for caption in captions]
 
 
-def load_training_triplets(datasets_: Sequence[str], configs: Sequence[str], split: str = "train") -> TrainingTriplets:
+def load_training_triplets(
+    datasets_: Sequence[str], configs: Sequence[str], split: str = "train", *, hard_negatives: bool = True
+) -> TrainingTriplets:
     """Load `split` of every requested config of every dataset and concatenate them.
 
     Each config must exist in at least one dataset; a config that a dataset lacks is simply not taken from
-    it (so FACap and Fashion IQ folders can be mixed with `--configs dress,shirt,toptee,...`).
+    it (so FACap and Fashion IQ folders can be mixed with `--configs dress,shirt,toptee,...`). The
+    `negative_image` column is kept when `hard_negatives` and every part has it; parts that disagree are an
+    error rather than a silent drop.
     """
     available = {name: _config_names(name) for name in datasets_}
     for config in configs:
         if not any(config in names for names in available.values()):
             listing = "; ".join(f"{name}: {', '.join(sorted(names))}" for name, names in available.items())
             raise DataError(f"unknown dataset config {config!r} (available configs: {listing})")
-    parts, sources = [], []
-    for name in datasets_:
-        for config in configs:
-            if config not in available[name]:
-                continue
-            part = _load_split(name, config, split)
-            parts.append(part)
-            sources.append(f"{name}:{config} ({len(part)} triplets)")
+    keys = [(name, config) for name in datasets_ for config in configs if config in available[name]]
+    parts = [_load_split(name, config, split) for name, config in keys]
+    with_negatives = [NEGATIVE_IMAGE_COLUMN in part.column_names for part in parts]
+    use_negatives = hard_negatives and all(with_negatives)
+    if hard_negatives and any(with_negatives) and not use_negatives:
+        lacking = ", ".join(f"{name}:{config}" for (name, config), has in zip(keys, with_negatives) if not has)
+        raise DataError(f"{lacking} lack(s) the {NEGATIVE_IMAGE_COLUMN!r} column that the other training data "
+                        "has; train with --no-hard-negatives to use none")
+    if not use_negatives:
+        parts = [part.remove_columns([NEGATIVE_IMAGE_COLUMN]) if has else part
+                 for part, has in zip(parts, with_negatives)]
+    note = ", with hard negatives" if use_negatives else ""
+    sources = [f"{name}:{config} ({len(part)} triplets{note})" for (name, config), part in zip(keys, parts)]
     table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(table) == 0:
         raise DataError(f"the {split!r} split of {', '.join(sources)} is empty")
@@ -87,10 +105,12 @@ def _load_split(name: str, config: str, split: str) -> datasets.Dataset:
             f"dataset {name!r} config {config!r} lacks the triplet column(s) {', '.join(missing)} "
             f"(it has {', '.join(part.column_names)}); is it a gallery config?"
         )
-    part = part.select_columns(list(TRIPLET_COLUMNS))
+    part = part.select_columns([column for column in (*TRIPLET_COLUMNS, NEGATIVE_IMAGE_COLUMN)
+                                if column in part.column_names])
     # Keep the encoded bytes: decoding happens in the DataLoader workers through the one safe decoder.
-    for column in ("reference_image", "target_image"):
-        part = part.cast_column(column, datasets.Image(decode=False))
+    for column in IMAGE_ROLES:
+        if column in part.column_names:
+            part = part.cast_column(column, datasets.Image(decode=False))
     return part
 
 
@@ -105,8 +125,8 @@ def choose_caption(captions: Sequence[str], augmentation: str, join_rule: str, r
 
 
 class TripletDataset(torch.utils.data.Dataset):
-    """Map-style view of the training triplets: reference and target (decoded RGB images, or rows of
-    `pixels` from `preprocess_pixels`) and the augmented query text.
+    """Map-style view of the training triplets: reference, target and, when the table has it, the hard negative
+    (decoded RGB images, or rows of `pixels` from `preprocess_pixels`) and the augmented query text.
 
     The caption variant of example `i` in epoch `e` is drawn from `Random(f"{seed}-{e}-{i}")`; the epoch
     is set by Accelerate's `DataLoaderShard.set_epoch` before each epoch's iterator (and its workers)
@@ -131,7 +151,8 @@ class TripletDataset(torch.utils.data.Dataset):
         self.caption_augmentation = caption_augmentation
         self.caption_join = caption_join
         self.pixels = pixels
-        self._rows = table.select_columns(["captions"] if pixels is not None else list(TRIPLET_COLUMNS))
+        self.image_columns = [column for column in IMAGE_ROLES if column in table.column_names]
+        self._rows = table.select_columns(["captions", *(self.image_columns if pixels is None else [])])
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -153,17 +174,19 @@ class TripletDataset(torch.utils.data.Dataset):
                 self.caption_join,
                 random.Random(f"{self.seed}-{self.epoch}-{index}"),
             )
-            if self.pixels is not None:
-                examples.append({"reference": self.pixels[index, 0], "target": self.pixels[index, 1], "text": text})
-            else:
-                reference, target = (self._image(rows[column][k], index) for column in ("reference_image", "target_image"))
-                examples.append({"reference": reference, "target": target, "text": text})
+            example = {"text": text}
+            for position, column in enumerate(self.image_columns):
+                cached = self.pixels is not None
+                example[IMAGE_ROLES[column]] = (
+                    self.pixels[index, position] if cached else self._image(rows[column][k], index, column)
+                )
+            examples.append(example)
         return examples
 
-    def _image(self, encoded: dict, index: int) -> Image.Image:
+    def _image(self, encoded: dict, index: int, column: str) -> Image.Image:
         if encoded is None:
-            raise DataError(f"training triplet {index} has no image (a test split with hidden targets?)")
-        return load_rgb(encoded["bytes"], name=encoded.get("path") or f"triplet {index}")
+            raise DataError(f"training triplet {index} has no {column} (a test split with hidden targets?)")
+        return load_rgb(encoded["bytes"], name=encoded.get("path") or f"triplet {index} {column}")
 
 
 class EpochShuffleSampler(torch.utils.data.Sampler[int]):
@@ -196,29 +219,26 @@ class TripletCollator:
         self.processor = processor
 
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        references = [example["reference"] for example in examples]
-        targets = [example["target"] for example in examples]
+        roles = [role for role in IMAGE_ROLES.values() if role in examples[0]]
+        images = [example[role] for role in roles for example in examples]
         texts = [example["text"] for example in examples]
-        if isinstance(references[0], torch.Tensor):  # pixels cached by `preprocess_pixels`
+        if isinstance(images[0], torch.Tensor):  # pixels cached by `preprocess_pixels`
             encoded = self.processor(text=texts, return_tensors="pt")
-            reference_pixels, target_pixels = torch.stack(references), torch.stack(targets)
+            pixels = torch.stack(images)
         else:
-            encoded = self.processor(images=references + targets, text=texts, return_tensors="pt")
-            reference_pixels, target_pixels = encoded["pixel_values"].split(len(examples))
-        return {
-            "reference_pixel_values": reference_pixels,
-            "target_pixel_values": target_pixels,
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-        }
+            encoded = self.processor(images=images, text=texts, return_tensors="pt")
+            pixels = encoded["pixel_values"]
+        batch = {f"{role}_pixel_values": part for role, part in zip(roles, pixels.split(len(examples)))}
+        return {**batch, "input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"]}
 
 
 def preprocess_pixels(table: datasets.Dataset, processor, *, batch_size: int = 256, progress: bool = False) -> torch.Tensor:
-    """Every triplet's reference and target through the processor once: float32 `(N, 2, 3, S, S)`.
+    """Every triplet's images (reference, target, and negative when present) through the processor once:
+    float32 `(N, K, 3, S, S)`, K images per triplet in `TripletDataset.image_columns` order.
 
     The processor has no random augmentation, so cached pixels equal those the collator would compute; it
-    saves decoding and processing 2 x batch images per step (the input pipeline's main CPU cost), at
-    N x 2 x 3 x S x S x 4 bytes of memory (160 MB for the demo's 1,650 triplets at 64 px).
+    saves decoding and processing K x batch images per step (the input pipeline's main CPU cost), at
+    N x K x 3 x S x S x 4 bytes of memory (2.2 GB for `make demo`'s 15,000 triplets with negatives at 64 px).
     """
     from tqdm.auto import tqdm
 
@@ -226,7 +246,8 @@ def preprocess_pixels(table: datasets.Dataset, processor, *, batch_size: int = 2
     chunks = []
     for start in tqdm(range(0, len(table), batch_size), desc="caching pixels", disable=not progress):
         examples = dataset.__getitems__(list(range(start, min(start + batch_size, len(table)))))
-        images = [example["reference"] for example in examples] + [example["target"] for example in examples]
+        roles = [IMAGE_ROLES[column] for column in dataset.image_columns]
+        images = [example[role] for role in roles for example in examples]
         pixels = processor(images=images, return_tensors="pt")["pixel_values"]
         chunks.append(torch.stack(pixels.split(len(examples)), dim=1))
     return torch.cat(chunks)

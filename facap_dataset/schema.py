@@ -19,6 +19,10 @@ TRIPLET_FEATURES = Features(
     }
 )
 
+# An optional extra triplet column: one hard negative per triplet (an image close to the target that is not
+# it). When every training config has it, the trainer adds these images to the loss's candidates.
+NEGATIVE_IMAGE_COLUMN = "negative_image"
+
 GALLERY_FEATURES = Features(
     {
         "image_id": Value("string"),

@@ -13,7 +13,11 @@ after shuffling, so neither ids nor row order reveal an image's role. The train 
 split's references and targets. Test targets are visible (the set is synthetic).
 
 Extra columns: triplets have `reference_attributes`, `target_attributes` (JSON) and `style`
-("fashioniq" or "facap"); galleries have `attributes` (JSON).
+("fashioniq" or "facap"); galleries have `attributes` (JSON). With `hard_negatives`, triplets also have
+`negative_image` (schema.NEGATIVE_IMAGE_COLUMN) and `negative_attributes`: in train a freshly drawn
+distractor or near-copy (not a gallery image), in validation and test one of the triplet's own gallery
+distractors or near-copies. The negatives draw from their own random stream, so every other column is the
+same with or without them.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from datasets import Dataset, DatasetDict, Features, Value
+from datasets import Dataset, DatasetDict, Features, Image, Value
 
 from .errors import DataError
 from .export import DatasetCardInfo, check_destination, write_dataset
 from .images import encode_jpeg
-from .schema import GALLERY_FEATURES, SPLITS, gallery_config, triplet_features
+from .schema import GALLERY_FEATURES, NEGATIVE_IMAGE_COLUMN, SPLITS, gallery_config, triplet_features
 from .synthetic_attributes import (
     ATTRIBUTE_NAMES,
     ATTRIBUTES,
@@ -54,6 +58,7 @@ MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 16, 1024
 NUM_DISTRACTORS = 3
 NUM_NEAR_COPIES = 2
 MAX_CHANGES = 3
+DISTRACTOR_SHARE = 0.6  # of the drawn train hard negatives; the rest are near-copies
 JPEG_QUALITY = 95
 # share of each category's image budget per split; validation/test triplets cost more images (galleries)
 SPLIT_SHARES = {"train": 0.55, "validation": 0.30, "test": 0.15}
@@ -64,6 +69,9 @@ SYNTHETIC_TRIPLET_FEATURES = triplet_features(
     {"reference_attributes": Value("string"), "target_attributes": Value("string"), "style": Value("string")}
 )
 SYNTHETIC_GALLERY_FEATURES = Features({**GALLERY_FEATURES, "attributes": Value("string")})
+SYNTHETIC_NEGATIVE_FEATURES = Features({**SYNTHETIC_TRIPLET_FEATURES,
+                                        NEGATIVE_IMAGE_COLUMN: Image(),
+                                        "negative_attributes": Value("string")})
 
 
 @dataclass
@@ -74,8 +82,18 @@ class _Image:
 
 
 @dataclass
+class _Triplet:
+    reference: _Image
+    target: _Image
+    captions: list[str]
+    style: str
+    gallery_negatives: list[_Image] = field(default_factory=list)  # its distractors and near-copies
+    negative: _Image | None = None  # the `negative_image` column, when asked for
+
+
+@dataclass
 class _Split:
-    triplets: list[tuple[_Image, _Image, list[str], str]] = field(default_factory=list)  # ref, target, captions, style
+    triplets: list[_Triplet] = field(default_factory=list)
     gallery: list[_Image] = field(default_factory=list)
 
 
@@ -105,9 +123,11 @@ def generate_synthetic(
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
     train_triplets: int | None = None,
+    hard_negatives: bool = False,
 ) -> dict[str, DatasetDict]:
     """The configs (`dress`, ..., `dress-gallery`, ...) as in-memory DatasetDicts; deterministic per seed.
-    Each split draws from its own random stream, so `train_triplets` leaves validation and test unchanged."""
+    Each split draws from its own random stream, so `train_triplets` leaves validation and test unchanged;
+    `hard_negatives` adds the `negative_image` column and changes nothing else."""
     _check_options(num_images, seed, image_size, train_triplets)
     counts = triplet_counts(num_images, train_triplets)
     configs = {}
@@ -116,6 +136,8 @@ def generate_synthetic(
         for split_index, split in enumerate(SPLITS):
             rng = np.random.default_rng([seed, cat_index, split_index])
             sampled = _sample_split(rng, category, split, counts[category][split])
+            if hard_negatives:
+                _add_negatives(sampled, split, np.random.default_rng([seed, cat_index, split_index, 1]))
             triplets[split], galleries[split] = _to_datasets(sampled, category, image_size)
         configs[category] = triplets
         configs[gallery_config(category)] = galleries
@@ -129,13 +151,14 @@ def build_synthetic(
     seed: int = 0,
     image_size: int = DEFAULT_IMAGE_SIZE,
     train_triplets: int | None = None,
+    hard_negatives: bool = False,
     overwrite: bool = False,
 ) -> Path:
     """Generate the catalogue and write it to `out_dir` (Parquet + dataset card); returns the folder."""
     _check_options(num_images, seed, image_size, train_triplets)
     check_destination(out_dir, PRETTY_NAME, overwrite)  # fail before generating, not after
     configs = generate_synthetic(num_images=num_images, seed=seed, image_size=image_size,
-                                 train_triplets=train_triplets)
+                                 train_triplets=train_triplets, hard_negatives=hard_negatives)
     options = {"num_images": num_images, "seed": seed, "image_size": image_size}
     command = (
         f"python -m facap_dataset build synthetic --out {shlex.quote(str(out_dir))} --num-images {num_images} "
@@ -144,7 +167,11 @@ def build_synthetic(
     if train_triplets is not None:
         options["train_triplets"] = train_triplets
         command += f" --train-triplets {train_triplets}"
-    return write_dataset(out_dir, configs, card=_card(command, options, _difficulty(configs)), overwrite=overwrite)
+    if hard_negatives:
+        options["hard_negatives"] = True
+        command += " --hard-negatives"
+    card = _card(command, options, _difficulty(configs), hard_negatives)
+    return write_dataset(out_dir, configs, card=card, overwrite=overwrite)
 
 
 def _difficulty(configs: dict[str, DatasetDict], split: str = "validation") -> str:
@@ -194,18 +221,35 @@ def _sample_split(rng: np.random.Generator, category: str, split: str, num_tripl
         target = _Image(_change(reference.attributes, changed, rng), _random_pose(rng))
         style = STYLES[int(rng.integers(len(STYLES)))]
         captions = write_text(reference.attributes, target.attributes, category, style, rng)
-        out.triplets.append((reference, target, captions, style))
-        out.gallery += [reference, target]
+        triplet = _Triplet(reference, target, captions, style)
         if with_hard_negatives:
-            out.gallery += [_Image(_distractor(reference.attributes, target.attributes, rng), _random_pose(rng))
-                            for _ in range(NUM_DISTRACTORS)]
-            out.gallery += [_Image(_near_copy(reference.attributes, target.attributes, rng), _random_pose(rng))
-                            for _ in range(NUM_NEAR_COPIES)]
+            triplet.gallery_negatives = [
+                _Image(_distractor(reference.attributes, target.attributes, rng), _random_pose(rng))
+                for _ in range(NUM_DISTRACTORS)
+            ] + [
+                _Image(_near_copy(reference.attributes, target.attributes, rng), _random_pose(rng))
+                for _ in range(NUM_NEAR_COPIES)
+            ]
+        out.triplets.append(triplet)
+        out.gallery += [reference, target, *triplet.gallery_negatives]
     order = rng.permutation(len(out.gallery))
     out.gallery = [out.gallery[i] for i in order]
     for number, image in enumerate(out.gallery):  # ids follow the shuffled order: they leak no role
         image.image_id = f"syn-{category}-{split}-{number:06d}"
     return out
+
+
+def _add_negatives(split: _Split, split_name: str, rng: np.random.Generator) -> None:
+    """One hard negative per triplet: drawn afresh in train (whose gallery has none), else picked among the
+    triplet's gallery distractors and near-copies."""
+    if split_name == "train":
+        for triplet in split.triplets:
+            make = _distractor if rng.random() < DISTRACTOR_SHARE else _near_copy
+            attributes = make(triplet.reference.attributes, triplet.target.attributes, rng)
+            triplet.negative = _Image(attributes, _random_pose(rng))
+        return
+    for triplet in split.triplets:
+        triplet.negative = triplet.gallery_negatives[int(rng.integers(len(triplet.gallery_negatives)))]
 
 
 def _random_attributes(rng: np.random.Generator) -> Attributes:
@@ -249,25 +293,32 @@ def _random_pose(rng: np.random.Generator) -> Pose:
 # ------------------------------------------------------------------------------------------ datasets
 
 def _to_datasets(split: _Split, category: str, image_size: int) -> tuple[Dataset, Dataset]:
-    encoded = {id(image): {"bytes": _render(image, category, image_size), "path": None} for image in split.gallery}
+    negatives = [t.negative for t in split.triplets if t.negative is not None]
+    images = {id(image): image for image in [*split.gallery, *negatives]}  # gallery negatives are drawn once
+    encoded = {key: {"bytes": _render(image, category, image_size), "path": None} for key, image in images.items()}
     triplets = {
-        "reference_id": [r.image_id for r, *_ in split.triplets],
-        "target_id": [t.image_id for _, t, *_ in split.triplets],
-        "captions": [captions for *_, captions, _ in split.triplets],
+        "reference_id": [t.reference.image_id for t in split.triplets],
+        "target_id": [t.target.image_id for t in split.triplets],
+        "captions": [t.captions for t in split.triplets],
         "category": [category] * len(split.triplets),
-        "reference_image": [encoded[id(r)] for r, *_ in split.triplets],
-        "target_image": [encoded[id(t)] for _, t, *_ in split.triplets],
-        "reference_attributes": [to_json(r.attributes) for r, *_ in split.triplets],
-        "target_attributes": [to_json(t.attributes) for _, t, *_ in split.triplets],
-        "style": [style for *_, style in split.triplets],
+        "reference_image": [encoded[id(t.reference)] for t in split.triplets],
+        "target_image": [encoded[id(t.target)] for t in split.triplets],
+        "reference_attributes": [to_json(t.reference.attributes) for t in split.triplets],
+        "target_attributes": [to_json(t.target.attributes) for t in split.triplets],
+        "style": [t.style for t in split.triplets],
     }
+    features = SYNTHETIC_TRIPLET_FEATURES
+    if negatives:
+        triplets[NEGATIVE_IMAGE_COLUMN] = [encoded[id(image)] for image in negatives]
+        triplets["negative_attributes"] = [to_json(image.attributes) for image in negatives]
+        features = SYNTHETIC_NEGATIVE_FEATURES
     gallery = {
         "image_id": [image.image_id for image in split.gallery],
         "category": [category] * len(split.gallery),
         "image": [encoded[id(image)] for image in split.gallery],
         "attributes": [to_json(image.attributes) for image in split.gallery],
     }
-    return (Dataset.from_dict(triplets, features=SYNTHETIC_TRIPLET_FEATURES),
+    return (Dataset.from_dict(triplets, features=features),
             Dataset.from_dict(gallery, features=SYNTHETIC_GALLERY_FEATURES))
 
 
@@ -275,8 +326,13 @@ def _render(image: _Image, category: str, image_size: int) -> bytes:
     return encode_jpeg(draw_garment(category, image.attributes, image.pose, image_size), quality=JPEG_QUALITY)
 
 
-def _card(build_command: str, options: dict, difficulty: str) -> DatasetCardInfo:
+def _card(build_command: str, options: dict, difficulty: str, hard_negatives: bool) -> DatasetCardInfo:
     attribute_list = "\n".join(f"- `{name}`: {', '.join(values)}" for name, values in ATTRIBUTES.items())
+    negatives = (
+        " Triplets also have `negative_image` (and its `negative_attributes`), one hard negative each: in "
+        f"train a freshly drawn distractor ({DISTRACTOR_SHARE:.0%}) or near-copy, not in the gallery; in validation and test one of the "
+        "triplet's own gallery distractors or near-copies. The trainer adds them to the loss's candidates."
+    ) if hard_negatives else ""
     return DatasetCardInfo(
         pretty_name=PRETTY_NAME,
         description=(
@@ -295,7 +351,7 @@ def _card(build_command: str, options: dict, difficulty: str) -> DatasetCardInfo
         extra_sections={
             "Attributes": attribute_list + "\n\nExtra columns: triplets have `reference_attributes`, "
             "`target_attributes` (JSON) and `style` (`fashioniq` or `facap`); galleries have `attributes` "
-            "(JSON). Test targets are visible.",
+            "(JSON). Test targets are visible." + negatives,
             "Difficulty": difficulty,
         },
     )
@@ -318,6 +374,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--train-triplets", type=int, default=None, metavar="N",
                         help="training triplets per category, in place of the train split's share of --num-images "
                              "(the default); validation and test stay as --num-images makes them")
+    parser.add_argument("--hard-negatives", action="store_true",
+                        help="add a `negative_image` column: one hard negative per triplet (a distractor or "
+                             "near-copy of the reference), which train_accelerate.py adds to the loss's candidates; "
+                             "every other column stays the same")
     parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding another dataset")
     parser.set_defaults(func=_run)
 
@@ -325,10 +385,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = build_synthetic(args.out, num_images=args.num_images, seed=args.seed, image_size=args.image_size,
-                          train_triplets=args.train_triplets, overwrite=args.overwrite)
+                          train_triplets=args.train_triplets, hard_negatives=args.hard_negatives,
+                          overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     counts = triplet_counts(args.num_images, args.train_triplets)
-    drawn = sum(c[s] * _IMAGES_PER_TRIPLET[s] for c in counts.values() for s in SPLITS)
+    drawn = sum(c[s] * (_IMAGES_PER_TRIPLET[s] + (args.hard_negatives and s == "train"))
+                for c in counts.values() for s in SPLITS)
     print(f"wrote {out} in {seconds:.1f} s ({drawn} images, {drawn / seconds:.0f} images/s)")
     for category, split_counts in counts.items():
         print(f"  {category}: " + ", ".join(f"{s} {n} triplets" for s, n in split_counts.items()))

@@ -43,8 +43,9 @@ class FashionBlip2Output(ModelOutput):
     loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `return_loss=True`):
         InfoNCE loss of the queries against all (gathered) candidates.
     logits_per_query (`torch.FloatTensor` of shape `(batch_size, num_candidates)`, *optional*):
-        Scores divided by the temperature; `num_candidates` is the global batch when training distributed, twice
-        that when the loss adds the references as negatives (`config.reference_negatives`).
+        Scores divided by the temperature; `num_candidates` is the global batch when training distributed, plus
+        the gathered references when the loss adds them as negatives (`config.reference_negatives`), plus the
+        gathered `negative_pixel_values`.
     query_embeds (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`):
         Unit-norm query embeddings.
     candidate_embeds (`torch.FloatTensor` of shape `(batch_size, embedding_dim)`, or `(batch_size,
@@ -334,6 +335,7 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         target_pixel_values: torch.Tensor | None = None,
+        negative_pixel_values: torch.Tensor | None = None,
         return_loss: bool = False,
         **kwargs,
     ) -> FashionBlip2Output:
@@ -344,6 +346,9 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
             Modification texts, at most `config.max_text_length` tokens.
         target_pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, image_size, image_size)`, *optional*):
             Target images; needed for `logits_per_query` and the loss.
+        negative_pixel_values (`torch.FloatTensor` of shape `(num_negatives, 3, image_size, image_size)`, *optional*):
+            Extra candidates that match no query (e.g. hard negatives of the triplets), scored after the targets
+            (and references); needs `target_pixel_values`. Every process must pass the same `num_negatives`.
         return_loss (`bool`): compute the in-batch InfoNCE loss (negatives gathered across processes).
         """
         if kwargs:
@@ -351,6 +356,10 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         self._check_pixel_values(reference_pixel_values, "reference_pixel_values")
         if target_pixel_values is not None:
             self._check_pixel_values(target_pixel_values, "target_pixel_values")
+        if negative_pixel_values is not None:
+            self._check_pixel_values(negative_pixel_values, "negative_pixel_values")
+            if target_pixel_values is None:
+                raise ValueError("negative_pixel_values needs target_pixel_values: negatives only add candidates")
         batch_size = reference_pixel_values.shape[0]
         if target_pixel_values is not None and target_pixel_values.shape[0] != batch_size:
             raise ValueError(
@@ -362,16 +371,20 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
             query_embeds = self.get_query_embeddings(reference_pixel_values, input_ids, attention_mask)
             return FashionBlip2Output(query_embeds=query_embeds)
         self._check_text(input_ids, attention_mask)
-        # One vision pass over references and targets together: same result, half the kernel launches.
-        image_embeds = self.get_image_features(torch.cat([reference_pixel_values, target_pixel_values]))
-        reference_embeds, target_embeds = image_embeds.split(batch_size)
-        query_embeds = self._embed_query(self._query_states(reference_embeds, input_ids, attention_mask))
-        candidate_embeds = self._embed_candidate(self._candidate_states(target_embeds))
-        all_candidates, rank = gather_with_grad(candidate_embeds) if return_loss else (candidate_embeds, 0)
+        # One vision pass over all images, one candidate pass over all candidates: fewer kernel launches.
+        negatives = [] if negative_pixel_values is None else [negative_pixel_values]
+        image_embeds = self.get_image_features(torch.cat([reference_pixel_values, target_pixel_values, *negatives]))
+        reference_embeds, candidate_images = image_embeds[:batch_size], [image_embeds[batch_size:]]
         if return_loss and self.config.reference_negatives:
-            # Appended after the targets, so the positives' labels (arange(n) + n * rank) are unchanged.
-            reference_candidates, _ = gather_with_grad(self._embed_candidate(self._candidate_states(reference_embeds)))
-            all_candidates = torch.cat([all_candidates, reference_candidates])
+            candidate_images.append(reference_embeds)
+        query_embeds = self._embed_query(self._query_states(reference_embeds, input_ids, attention_mask))
+        candidates = self._embed_candidate(self._candidate_states(torch.cat(candidate_images)))
+        candidate_embeds = candidates[:batch_size]
+        # Gathered part by part (targets, negatives, references), so all targets come first and the positives'
+        # labels stay arange(n) + n * rank.
+        parts = candidates.split([batch_size, len(candidates) - batch_size])
+        gathered = [gather_with_grad(part) if return_loss else (part, 0) for part in parts if len(part)]
+        all_candidates, rank = torch.cat([part for part, _ in gathered]), gathered[0][1]
         temperature = self.temperature.clamp(*TEMPERATURE_RANGE)
         logits_per_query = self.score(query_embeds, all_candidates) / temperature
         loss = self.loss_fn(logits_per_query, rank) if return_loss else None

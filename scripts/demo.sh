@@ -7,17 +7,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT="${DEMO_OUTPUT:-demo_output}"
+case "$OUT" in /* | ./* | ../*) ;; *) OUT="./$OUT" ;; esac  # `org/name`-shaped relative paths read as Hub ids
 PYTHON="${PYTHON:-python}"
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 started=$(date +%s)
 
 echo "== 1/3 building the synthetic set in $OUT/synthetic"
-"$PYTHON" -m facap_dataset build synthetic --out "$OUT/synthetic" --num-images 6000 --train-triplets 5000 --seed 0 \
-    --overwrite
+"$PYTHON" -m facap_dataset build synthetic --out "$OUT/synthetic" --num-images 6000 --train-triplets 5000 --hard-negatives \
+    --seed 0 --overwrite
 "$PYTHON" -m facap_dataset inspect "$OUT/synthetic"   # statistics, oracles and a contact sheet path
 
 echo "== 2/3 training the demo preset (options: scripts/demo_train.yaml) into $OUT/run"
-accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+# accelerate launch sets OMP_NUM_THREADS=1 unless told otherwise (without --cpu): give torch every core.
+accelerate launch --num_processes 1 --num_machines 1 --num_cpu_threads_per_process "$(nproc)" \
+    --mixed_precision no --dynamo_backend no \
     train_accelerate.py --config scripts/demo_train.yaml --dataset "$OUT/synthetic" --output-dir "$OUT/run" --overwrite
 
 echo "== 3/3 evaluating $OUT/run/best against the baselines and oracles"

@@ -1,7 +1,7 @@
 """The end of `make demo`: the trained model's recall next to the trivial baselines and the attribute oracles
 of the synthetic set, the demo's pass criteria, and a check that the saved folder loads with remote code.
 
-    python scripts/demo_report.py --model demo_output/run/best --dataset demo_output/synthetic \
+    python scripts/demo_report.py --model ./demo_output/run/best --dataset ./demo_output/synthetic \
         --output demo_output/report.json
 
 Rows (each the mean over the categories, recalls in percent):

@@ -43,6 +43,15 @@ def synthetic_dir(tmp_path_factory) -> Path:
     return build_synthetic(tmp_path_factory.mktemp("synthetic") / "dataset", **SYNTHETIC_FIXTURE_OPTIONS)
 
 
+@pytest.fixture(scope="session")
+def synthetic_negatives_dir(tmp_path_factory) -> Path:
+    """`synthetic_dir`'s dataset built with `hard_negatives=True` (a `negative_image` column in every split)."""
+    from facap_dataset.synthetic import build_synthetic
+
+    return build_synthetic(tmp_path_factory.mktemp("synthetic") / "negatives", hard_negatives=True,
+                           **SYNTHETIC_FIXTURE_OPTIONS)
+
+
 # -------------------------------------------------------------------------------------------------- [model]
 # Words the tiny processor's vocabulary holds whole (others are spelt out in character pieces by WordPiece):
 # colours, garments, attributes and the glue of Fashion IQ / FACap style modification texts.

@@ -153,6 +153,32 @@ def test_reference_negatives_extend_the_loss_with_the_references(batch):
         assert model(**batch).logits_per_query.shape == (len(TEXTS), len(TEXTS))
 
 
+@pytest.mark.parametrize("reference_negatives", [False, True])
+def test_negative_pixel_values_add_candidates_after_the_targets(batch, reference_negatives):
+    model = tiny_model(reference_negatives=reference_negatives).eval()
+    negatives = torch.randn(3, *batch["target_pixel_values"].shape[1:], generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = model(**batch, negative_pixel_values=negatives, return_loss=True)
+        extra = [model.get_candidate_embeddings(negatives)]
+        if reference_negatives:
+            extra.append(model.get_candidate_embeddings(batch["reference_pixel_values"]))
+        plain = model(**batch, return_loss=True)
+    candidates = torch.cat([out.candidate_embeds, *extra])
+    expected = model.score(out.query_embeds, candidates) / model.config.temperature_init
+    torch.testing.assert_close(out.logits_per_query, expected)
+    torch.testing.assert_close(out.loss, torch.nn.functional.cross_entropy(expected, torch.arange(len(TEXTS))))
+    torch.testing.assert_close(out.candidate_embeds, plain.candidate_embeds)
+    assert out.loss > plain.loss  # more negatives, same positives
+
+
+def test_negative_pixel_values_need_targets(batch):
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="negative_pixel_values needs target_pixel_values"):
+        model(batch["reference_pixel_values"], batch["input_ids"], negative_pixel_values=batch["target_pixel_values"])
+    with pytest.raises(ValueError, match="negative_pixel_values"):
+        model(**batch, negative_pixel_values=batch["target_pixel_values"][:, :, :8])
+
+
 def test_max_matching_keeps_per_token_candidates(batch):
     model = tiny_model(matching="max").eval()
     with torch.no_grad():

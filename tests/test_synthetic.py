@@ -211,6 +211,30 @@ def test_train_triplets_grows_train_only(tmp_path, rows, capsys):
     assert "--train-triplets 40" in (out / "README.md").read_text()
 
 
+def test_hard_negatives_add_a_column_and_change_nothing_else(synthetic_negatives_dir, rows):
+    with_negatives = _all_rows(synthetic_negatives_dir)
+    for category in FASHIONIQ_CATEGORIES:
+        assert with_negatives[(gallery_config(category), "train")] == rows[(gallery_config(category), "train")]
+        for split in SPLITS:
+            plain, triplets = rows[(category, split)], with_negatives[(category, split)]
+            assert [{k: v for k, v in r.items() if not k.startswith("negative_")} for r in triplets] == plain
+            gallery = {r["image"]["bytes"]: r["attributes"] for r in rows[(gallery_config(category), split)]}
+            for row in triplets:
+                reference, target = json.loads(row["reference_attributes"]), json.loads(row["target_attributes"])
+                negative = json.loads(row["negative_attributes"])
+                changed = set(changed_attributes(reference, target))
+                is_distractor = (all(negative[n] == target[n] for n in changed)
+                                 and 1 <= len(changed_attributes(target, negative)) <= 2)
+                is_near_copy = (all(negative[n] == reference[n] for n in set(ATTRIBUTE_NAMES) - changed)
+                                and set(changed_attributes(reference, negative)) < changed)
+                assert is_distractor != is_near_copy, row  # exactly one kind, and never the target itself
+                image = row["negative_image"]["bytes"]
+                # validation/test negatives are the triplet's own gallery images; train ones are drawn afresh
+                assert (gallery.get(image) == row["negative_attributes"]) == (split != "train")
+    card = (synthetic_negatives_dir / "README.md").read_text()
+    assert "--hard-negatives" in card and "negative_image" in card
+
+
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [("--image-size", "8", "outside"), ("--seed", "-1", "non-negative"), ("--train-triplets", "0", "at least 1")],

@@ -13,6 +13,8 @@ from safetensors.torch import load_file
 
 import train_accelerate as ta
 from train_checkpoint import CheckpointError, TrainerState, list_checkpoints, prune_checkpoints, resolve_resume
+from facap_dataset.errors import DataError
+from facap_dataset.images import load_rgb
 from train_data import (
     EpochShuffleSampler,
     TripletCollator,
@@ -147,6 +149,49 @@ def test_examples_are_a_pure_function_of_seed_epoch_and_index(synthetic_dir, tin
     assert sorted(epoch0) == indices and list(sampler) == epoch0
     sampler.set_epoch(1)
     assert list(sampler) != epoch0
+
+
+def test_hard_negatives_reach_the_model_as_negative_pixel_values(
+    synthetic_dir, synthetic_negatives_dir, tiny_processor, tmp_path, capsys
+):
+    triplets = load_training_triplets([str(synthetic_negatives_dir)], CONFIGS.split(","))
+    assert triplets.has_negatives and all("with hard negatives" in source for source in triplets.sources)
+    table = triplets.table
+    some = [5, 0, 80, 41]
+    batch = TripletCollator(tiny_processor)(TripletDataset(table, seed=3).__getitems__(some))
+    negatives = [load_rgb(table[i]["negative_image"]["bytes"]) for i in some]
+    assert torch.equal(batch["negative_pixel_values"], tiny_processor(images=negatives)["pixel_values"])
+    cached = TripletDataset(table, seed=3, pixels=preprocess_pixels(table, tiny_processor, batch_size=16))
+    assert cached.pixels.shape[:2] == (len(table), 3)
+    from_cache = TripletCollator(tiny_processor)(cached.__getitems__(some))
+    assert from_cache.keys() == batch.keys() and all(torch.equal(batch[key], from_cache[key]) for key in batch)
+
+    assert not load_training_triplets([str(synthetic_negatives_dir)], ["dress"], hard_negatives=False).has_negatives
+    with pytest.raises(DataError, match=rf"{synthetic_dir}:dress lack\(s\) the 'negative_image' column"):
+        load_training_triplets([str(synthetic_negatives_dir), str(synthetic_dir)], ["dress"])
+    mixed = load_training_triplets([str(synthetic_negatives_dir), str(synthetic_dir)], ["dress"], hard_negatives=False)
+    assert len(mixed.table) == 2 * len(load_training_triplets([str(synthetic_dir)], ["dress"]).table)
+
+    code, err = run_main(tiny_argv(synthetic_negatives_dir, tmp_path / "run", "--max-steps", "2", "--no-eval"), capsys)
+    assert code == 0, err
+    assert "with hard negatives" in err
+
+
+def test_cpu_thread_hint_names_the_launcher_option(monkeypatch):
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(ta.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    one_cpu_process = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert "--num_cpu_threads_per_process 4" in ta.cpu_thread_hint(one_cpu_process)
+        assert ta.cpu_thread_hint(SimpleNamespace(device=torch.device("cuda"), num_processes=1)) is None
+        assert ta.cpu_thread_hint(SimpleNamespace(device=torch.device("cpu"), num_processes=2)) is None
+        torch.set_num_threads(4)
+        assert ta.cpu_thread_hint(one_cpu_process) is None
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_optimizer_groups_and_schedule():
