@@ -238,7 +238,7 @@ def preprocess_pixels(table: datasets.Dataset, processor, *, batch_size: int = 2
 
     The processor has no random augmentation, so cached pixels equal those the collator would compute; it
     saves decoding and processing K x batch images per step (the input pipeline's main CPU cost), at
-    N x K x 3 x S x S x 4 bytes of memory (2.2 GB for `make demo`'s 15,000 triplets with negatives at 64 px).
+    N x K x 3 x S x S x 4 bytes of memory (2.2 GB for `make demo`'s 15,000 triplets at 64 px with hard negatives, K = 3).
     """
     from tqdm.auto import tqdm
 

@@ -74,7 +74,8 @@ def main() -> int:
         def bare_step() -> None:
             loss = run.model(**next(cycle), return_loss=True).loss
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
+            if args.max_grad_norm > 0:  # as the trainer does
+                torch.nn.utils.clip_grad_norm_(run.model.parameters(), args.max_grad_norm)
             run.optimizer.step()
             run.scheduler.step()
             run.optimizer.zero_grad(set_to_none=True)

@@ -59,6 +59,11 @@ def test_presets_have_the_documented_sizes():
     assert 80_000 < sizes["tiny"] < 120_000
     assert 1_300_000 < sizes["demo"] < 1_800_000
     assert FashionBlip2Config.from_preset("blip2-vit-g").freeze_vision
+    # Only the CPU demo preset drops the Q-Former's dropout (docs/model.md); the others keep BLIP-2's 0.1.
+    dropouts = {preset: (config.qformer_config.hidden_dropout_prob, config.qformer_config.attention_probs_dropout_prob)
+                for preset in ("tiny", "demo", "blip2-vit-g")
+                for config in [FashionBlip2Config.from_preset(preset)]}
+    assert dropouts == {"tiny": (0.1, 0.1), "demo": (0.0, 0.0), "blip2-vit-g": (0.1, 0.1)}
 
 
 @pytest.mark.parametrize(
