@@ -47,6 +47,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="alternating trainer / bare blocks")
     parser.add_argument("--config", type=Path, default=REPO / "scripts" / "demo_train.yaml")
     parser.add_argument("--num-images", type=int, default=6000, help="size of the synthetic set built for the run")
+    parser.add_argument("--hard-negatives", action="store_true",
+                        help="build the set with a hard negative per triplet, as make demo does (192 images a step)")
     parser.add_argument("train_options", nargs="*", help="train_accelerate.py options overriding --config")
     options = parser.parse_args()
 
@@ -57,7 +59,8 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         log(f"building a synthetic set of {options.num_images} images")
-        dataset = build_synthetic(Path(scratch) / "data", num_images=options.num_images, image_size=64)
+        dataset = build_synthetic(Path(scratch) / "data", num_images=options.num_images, image_size=64,
+                                  hard_negatives=options.hard_negatives)
         argv = ["--config", str(options.config), "--dataset", str(dataset), "--output-dir", str(Path(scratch) / "run"),
                 "--max-steps", "100000", "--report-to", "none", *options.train_options]  # fmt: skip
         args = ta.parse_args(argv)
@@ -97,6 +100,7 @@ def main() -> int:
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "cache_images": args.cache_images,
+        "hard_negatives": options.hard_negatives,
         "steps_per_block": options.steps,
         "rounds": options.rounds,
         "torch_threads": torch.get_num_threads(),

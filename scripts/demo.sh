@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make demo`: build the synthetic set, train the `demo` preset with `accelerate launch` (about five minutes on
+# `make demo`: build the synthetic set, train the `demo` preset with `accelerate launch` (about six minutes on
 # two CPU cores), evaluate it next to the trivial baselines and the attribute oracles, and check that the saved
 # model loads with AutoModel(trust_remote_code=True). Everything lands in $DEMO_OUTPUT (default demo_output/);
 # re-running replaces it. Exits non-zero when a step fails or the model misses the demo's recall criteria.
