@@ -380,8 +380,8 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         query_embeds = self._embed_query(self._query_states(reference_embeds, input_ids, attention_mask))
         candidates = self._embed_candidate(self._candidate_states(torch.cat(candidate_images)))
         candidate_embeds = candidates[:batch_size]
-        # Gathered part by part (targets, negatives, references), so all targets come first and the positives'
-        # labels stay arange(n) + n * rank.
+        # Targets and the extra candidates (negatives, references) are gathered apart, so every process's targets
+        # come first and the positives' labels stay arange(n) + n * rank.
         parts = candidates.split([batch_size, len(candidates) - batch_size])
         gathered = [gather_with_grad(part) if return_loss else (part, 0) for part in parts if len(part)]
         all_candidates, rank = torch.cat([part for part, _ in gathered]), gathered[0][1]
