@@ -174,13 +174,11 @@ class TripletDataset(torch.utils.data.Dataset):
                 self.caption_join,
                 random.Random(f"{self.seed}-{self.epoch}-{index}"),
             )
-            example = {"text": text}
-            for position, column in enumerate(self.image_columns):
-                cached = self.pixels is not None
-                example[IMAGE_ROLES[column]] = (
-                    self.pixels[index, position] if cached else self._image(rows[column][k], index, column)
-                )
-            examples.append(example)
+            if self.pixels is not None:
+                images = {IMAGE_ROLES[c]: self.pixels[index, p] for p, c in enumerate(self.image_columns)}
+            else:
+                images = {IMAGE_ROLES[c]: self._image(rows[c][k], index, c) for c in self.image_columns}
+            examples.append({"text": text, **images})
         return examples
 
     def _image(self, encoded: dict, index: int, column: str) -> Image.Image:
