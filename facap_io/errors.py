@@ -1,0 +1,11 @@
+"""The root of the error hierarchy. Each package derives its own typed error from `FacapError` (`DataError`,
+`RetrievalError`, `EvalError`, `TrainingError`, `CheckpointError`, `AppError`, ...), so a command line can
+print any of them as one line and a caller can still catch one kind precisely."""
+
+
+class FacapError(ValueError):
+    """Bad input or state that the user can fix; the message names the culprit."""
+
+
+class UnsafePathError(FacapError):
+    """A path that would leave the folder it must stay in (an image root, an output folder)."""
