@@ -5,13 +5,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import datasets
 import pytest
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
 from facap_dataset.errors import DataError
 from facap_dataset.export import DatasetCardInfo, write_dataset
-from facap_dataset.loading import load, resolve
+from facap_dataset.loading import load, open_dataset, resolve
 from facap_dataset.schema import GALLERY_FEATURES
 
 
@@ -38,13 +39,32 @@ def test_load_a_built_folder_by_path(built, tmp_path, monkeypatch):
     assert [row["image_id"] for row in streamed] == ["a", "b", "c"]
 
 
-def test_stray_cwd_folder_does_not_shadow_a_hub_id(built, tmp_path, monkeypatch):
+def test_a_cwd_folder_wins_over_a_hub_id_as_in_datasets(built, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataError, match=r"'org/name' is ambiguous: .*Path\('org/name'\).*'hf://datasets/org/name'"):
-        load("org/name", "shirt-gallery")
+    assert resolve("org/name") == str(built)  # `datasets.load_dataset("org/name")` reads the folder too
+    assert load("org/name", "shirt-gallery", split="validation")["image_id"] == ["a", "b", "c"]
     assert resolve("hf://datasets/org/name") == "hf://datasets/org/name"
     monkeypatch.chdir(built)
     assert resolve("org/name") == "hf://datasets/org/name"  # nothing of that name here: the Hub
+
+
+def test_open_dataset_lists_configs_and_names_missing_ones(built):
+    opened = open_dataset(built)
+    assert opened.configs == ("shirt-gallery",)
+    assert opened.split_sizes("shirt-gallery") == {"validation": 3}
+    assert opened.load_split("shirt-gallery", "validation")["image_id"] == ["a", "b", "c"]
+    with pytest.raises(DataError, match=r"has no config 'dress' \(it has: shirt-gallery\)"):
+        opened.load_split("dress", "validation")
+    with pytest.raises(DataError, match=r"no split 'train' \(splits: validation\)"):
+        opened.load_split("shirt-gallery", "train")
+
+
+def test_open_dataset_names_an_unreadable_shard(built, tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")  # nothing cached from other runs
+    shard = next(Path(built).rglob("*.parquet"))
+    shard.write_bytes(b"PAR1 not really parquet")
+    with pytest.raises(DataError, match=r"config 'shirt-gallery', split 'validation' cannot be read"):
+        open_dataset(built).load_split("shirt-gallery", "validation")
 
 
 def test_bad_names_and_folders(built, tmp_path):
@@ -54,5 +74,5 @@ def test_bad_names_and_folders(built, tmp_path):
         resolve(tmp_path / "absent")
     with pytest.raises(DataError, match="is not a built dataset folder"):
         resolve(tmp_path / "org")
-    with pytest.raises(DataError, match="neither a dataset folder path nor a Hub dataset id"):
+    with pytest.raises(DataError, match="neither a dataset folder nor a Hub dataset id"):
         resolve("a/b/c")
