@@ -33,9 +33,9 @@ from facap_dataset.loading import resolve as resolve_dataset
 from facap_dataset.schema import GALLERY_SUFFIX, is_gallery_config
 
 import eval_cir
-from cir_cache import model_fingerprint
-from cir_index import CIRIndex
-from cir_ranking import RetrievalError
+from facap_retrieval.cache import model_fingerprint
+from facap_retrieval.index import CIRIndex
+from facap_retrieval.ranking import RetrievalError
 
 DEFAULT_MODEL = "demo_output/run/best"  # what `make demo` trains and builds
 DEFAULT_DATASET = "./demo_output/synthetic"

@@ -30,9 +30,9 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from cir_cache import cache_key, gallery_fingerprint, load_cached_gallery, model_fingerprint, save_cached_gallery
-from cir_index import CIRIndex
-from cir_ranking import (
+from facap_retrieval.cache import cache_key, gallery_fingerprint, load_cached_gallery, model_fingerprint, save_cached_gallery
+from facap_retrieval.index import CIRIndex
+from facap_retrieval.ranking import (
     DEFAULT_CHUNK_BYTES,
     DEFAULT_K_VALUES,
     NO_INDEX,
@@ -274,7 +274,7 @@ def gallery_embeddings(
     """Candidate embeddings of one gallery split, read from or written to the same cache as `evaluate` uses.
 
     Returns `(embeddings, image_ids, cache_state)` with `cache_state` one of `hit`, `miss`, `off`;
-    `model_fp` is `cir_cache.model_fingerprint(model, processor)` (computed once by the caller)."""
+    `model_fp` is `facap_retrieval.cache.model_fingerprint(model, processor)` (computed once by the caller)."""
     settings = _Settings(batch_size, next(model.parameters()).device, torch.float32, 0, progress)
     embeddings, ids, _, cache_state = _gallery_embeddings(
         model, processor, gallery, config, split, settings, cache_dir, model_fp
@@ -451,7 +451,7 @@ def _run(model, processor, dataset, configs, split, mode, *, batch_size=64, devi
     if predictions_dir is not None:
         write_predictions(predictions_dir, split, runs)
     if report_dir is not None:
-        from cir_report import write_report
+        from facap_retrieval.report import write_report
 
         sections = {name: (run.triplets, run.gallery, run.ranking) for name, run in runs.items()}
         write_report(report_dir, sections, results, caption_join=caption_join, num_samples=report_samples)

@@ -30,7 +30,7 @@ import torch
 
 from facap_dataset.captions import CAPTION_JOIN_RULES
 from facap_dataset.errors import DataError
-from train_checkpoint import (
+from facap_train.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
     TrainerState,
@@ -38,7 +38,7 @@ from train_checkpoint import (
     save_checkpoint,
     save_pretrained_atomic,
 )
-from train_data import (
+from facap_train.data import (
     CAPTION_AUGMENTATIONS,
     TripletDataset,
     build_dataloader,

@@ -20,13 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT))
 
 import torch  # noqa: E402
 
-from cir_index import CIRIndex, recall_vs_exact  # noqa: E402
-from cir_ranking import DEFAULT_CHUNK_BYTES, DEFAULT_K_VALUES, rank_gallery, recall_at_k  # noqa: E402
+from facap_retrieval.index import CIRIndex, recall_vs_exact  # noqa: E402
+from facap_retrieval.ranking import DEFAULT_CHUNK_BYTES, DEFAULT_K_VALUES, rank_gallery, recall_at_k  # noqa: E402
 
 TOP_K = 50
 SMALL_CHUNK_BYTES = 256 * 2**20

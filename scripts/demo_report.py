@@ -23,8 +23,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 
 K_VALUES = (1, 5, 10, 50)
 R1_MARGIN_POINTS = 10.0

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 import app
-from cir_index import CIRIndex
+from facap_retrieval.index import CIRIndex
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"

@@ -16,7 +16,7 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 
 import eval_cir
-from cir_ranking import RetrievalError
+from facap_retrieval.ranking import RetrievalError
 from eval_cir import EvalError, evaluate, evaluate_baseline, format_results_table, load_model_and_processor
 from facap_dataset.errors import DataError
 from facap_dataset.export import DatasetCardInfo, write_dataset
@@ -325,7 +325,7 @@ def test_fp16_embeddings(tiny, dataset_dir, tmp_path, results):
     half = evaluate(model, processor, dataset_dir, "dress", progress=False, precision="fp16", cache_dir=tmp_path)
     assert half["protocol"]["precision"] == "fp16"
     assert half["configs"]["dress"]["recall@50"] == pytest.approx(results["configs"]["dress"]["recall@50"], abs=10)
-    from cir_index import load_embeddings
+    from facap_retrieval.index import load_embeddings
 
     (entry,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
     assert load_embeddings(entry)[0].dtype == torch.float16

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from cir_index import IDS_FILE, CIRIndex, load_embeddings, recall_vs_exact, save_embeddings
-from cir_ranking import RetrievalError
+from facap_retrieval.index import IDS_FILE, CIRIndex, load_embeddings, recall_vs_exact, save_embeddings
+from facap_retrieval.ranking import RetrievalError
 
 
 def _unit(rows, dim, seed):

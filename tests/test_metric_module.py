@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cir_ranking import NO_INDEX, rank_gallery, recall_at_k
+from facap_retrieval.ranking import NO_INDEX, rank_gallery, recall_at_k
 
 METRIC_DIR = Path(__file__).resolve().parent.parent / "metrics" / "cir_recall"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from cir_ranking import NO_INDEX, RetrievalError, rank_gallery, rank_scores, recall_at_k
+from facap_retrieval.ranking import NO_INDEX, RetrievalError, rank_gallery, rank_scores, recall_at_k
 
 
 def _scores(rows):

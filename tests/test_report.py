@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from cir_ranking import Ranking
-from cir_report import sample_queries
+from facap_retrieval.ranking import Ranking
+from facap_retrieval.report import sample_queries
 
 
 def _ranking(ranks):

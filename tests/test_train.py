@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 import train_accelerate as ta
-from train_checkpoint import CheckpointError, TrainerState, list_checkpoints, prune_checkpoints, resolve_resume
+from facap_train.checkpoint import CheckpointError, TrainerState, list_checkpoints, prune_checkpoints, resolve_resume
 from facap_dataset.errors import DataError
 from facap_dataset.images import load_rgb
-from train_data import (
+from facap_train.data import (
     EpochShuffleSampler,
     TripletCollator,
     TripletDataset,

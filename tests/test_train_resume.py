@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_accelerate as ta
-from train_checkpoint import list_checkpoints
+from facap_train.checkpoint import list_checkpoints
 
 REPO = Path(__file__).resolve().parent.parent
 

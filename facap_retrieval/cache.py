@@ -1,6 +1,6 @@
 """Fingerprints of a model and of a gallery, and the gallery-embedding cache keyed by them.
 
-A cache entry is an embedding folder (`cir_index.save_embeddings`) named by a hash of the model fingerprint
+A cache entry is an embedding folder (`facap_retrieval.index.save_embeddings`) named by a hash of the model fingerprint
 (weights, config, image processing), the gallery fingerprint (ids and image bytes) and the storage
 precision. Any change to one of them gives a different key, so a stale entry is never read.
 """
@@ -16,8 +16,8 @@ from typing import Sequence
 import datasets
 import torch
 
-from cir_index import load_embeddings, save_embeddings
-from cir_ranking import RetrievalError
+from facap_retrieval.index import load_embeddings, save_embeddings
+from facap_retrieval.ranking import RetrievalError
 
 # Config keys that name or version a model without changing what it computes.
 _IDENTITY_ONLY_KEYS = ("_name_or_path", "transformers_version", "_commit_hash")

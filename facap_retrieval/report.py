@@ -17,7 +17,7 @@ from typing import Mapping
 import datasets
 from PIL import Image, ImageDraw, ImageOps
 
-from cir_ranking import Ranking
+from facap_retrieval.ranking import Ranking
 from facap_dataset.captions import join_captions
 from facap_dataset.images import load_rgb
 

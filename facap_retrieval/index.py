@@ -26,7 +26,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from cir_ranking import RetrievalError, rank_gallery
+from facap_retrieval.ranking import RetrievalError, rank_gallery
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 IDS_FILE = "ids.json"

@@ -1,0 +1,2 @@
+"""What `train_accelerate.py` runs: the training data pipeline (`data`) and crash-safe checkpoints
+(`checkpoint`)."""
