@@ -1,9 +1,9 @@
 """What the pipeline asks of a model backend, and the factory that builds one from command-line choices.
 
 A backend turns a list of `Request`s into one `Reply` per request. Transport failures that survive the
-backend's own retries raise `BackendError` and stop the run (finished records are already cached); a
-reply that arrives but cannot be used (malformed JSON, no content) is a `Reply` with a `problem`, which
-the runner retries and eventually reports like any invalid answer.
+backend's own retries raise `BackendError` and stop the run (finished records are already cached). A
+server reply that is not a completion at all (invalid JSON, an HTML page, no choices, no text) is such a
+transport failure, never an answer: answers alone are validated, cached and possibly rejected.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     text: str = ""
-    problem: str | None = None
 
 
 class Backend(Protocol):

@@ -8,6 +8,7 @@ worker threads that share one connection pool.
 from __future__ import annotations
 
 import base64
+import json
 import random
 import time
 from typing import Any, Sequence
@@ -97,19 +98,33 @@ class OpenAIBackend:
                 raise BackendError(
                     f"{self.url} refused the request with HTTP {response.status_code}: {response.text[:300]}"
                 )
-            return parse_reply(response)
+            try:
+                return Reply(text=parse_reply(response.content))
+            except MalformedReply as error:
+                failure = str(error)
         raise BackendError(f"{self.url} failed {self.max_retries + 1} times; last error: {failure}")
 
     def close(self) -> None:
         self._client.close()
 
 
-def parse_reply(response: httpx.Response) -> Reply:
-    """The first choice's message content, or a Reply naming what is wrong with the response."""
+class MalformedReply(Exception):
+    """A 200 reply that is not a chat completion: a broken server or proxy, not an answer to judge. It is a
+    transport failure (retried, then the run stops), so nothing about it reaches the cache."""
+
+
+def parse_reply(body: bytes) -> str:
+    """The first choice's message content of a chat-completion body; MalformedReply (one line) otherwise."""
+    shown = body[:120].decode("utf-8", errors="replace")
     try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        return Reply(problem=f"malformed reply ({type(error).__name__}): {response.text[:120]!r}")
+        data = json.loads(body)
+    except ValueError:
+        raise MalformedReply(f"malformed reply (not JSON): {shown!r}") from None
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedReply(f"malformed reply (no choices): {shown!r}")
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        return Reply(problem=f"malformed reply: content is {type(content).__name__}, not text")
-    return Reply(text=content)
+        raise MalformedReply(f"malformed reply (message content is {type(content).__name__}, not text): {shown!r}")
+    return content
