@@ -69,3 +69,20 @@ def test_a_run_against_a_malformed_server_stops_caches_nothing_and_a_rerun_recov
     triplets = json.loads((out / "cir_triplets" / "dress_train_triplets.json").read_text())
     assert [t["candidate"] for t in triplets] == ["img0", "img1", "img2"]
     assert all(t["captions"][0].startswith("Make it") for t in triplets)
+
+
+def test_timeout_is_a_total_deadline_against_a_trickling_server():
+    # Each byte comes 10 ms after the last, so no single read ever waits long: only a total deadline ends it.
+    with StubServer(script=["trickle:30"] * 2) as server:
+        start = time.monotonic()
+        with pytest.raises(BackendError, match=r"failed 2 times; last error: .*deadline of 0.5 s") as caught:
+            _backend(server, timeout=0.5, max_retries=1).generate([Request(text="Make it red")], attempt=0)
+        elapsed = time.monotonic() - start
+    assert server.requests == 2 and "\n" not in str(caught.value)
+    assert elapsed < 2 * 0.5 + 0.5, elapsed
+
+
+def test_a_trickle_that_ends_within_the_deadline_is_a_normal_reply():
+    with StubServer(script=["trickle:0.3"]) as server:
+        reply = _backend(server, timeout=5.0, max_retries=0).generate([Request(text="Make it red")], attempt=0)[0]
+    assert reply.text.startswith("Make it") and server.requests == 1

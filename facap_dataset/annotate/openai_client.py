@@ -1,8 +1,9 @@
 """A client for any OpenAI-compatible chat-completions endpoint (vLLM, TGI, llama.cpp, OpenAI).
 
-Plain httpx rather than the `openai` package: one POST route is all the pipeline needs, and httpx is
-already a dependency of huggingface_hub. Thread-safe: the runner calls `generate` from `concurrency`
-worker threads that share one connection pool.
+httpcore (httpx's transport layer) rather than the `openai` package: one POST route is all the pipeline
+needs. httpcore rather than httpx itself because it takes a network backend, through which `--timeout`
+becomes a total deadline per request (`deadline.py`); httpx's timeouts are per read. Thread-safe: the
+runner calls `generate` from `concurrency` worker threads that share one connection pool.
 """
 
 from __future__ import annotations
@@ -13,15 +14,18 @@ import random
 import time
 from typing import Any, Sequence
 
-import httpx
+import httpcore
 
 from ..images import encode_jpeg
 from .backends import BackendError, Reply, Request
+from .deadline import DeadlineBackend, Deadlines
 
 # Statuses worth retrying: rate limiting and server-side failures. Any other 4xx is the caller's mistake.
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 # Retries of an invalid answer sample a little, so they do not get the same answer back.
 RETRY_TEMPERATURE = 0.7
+# Failures of the connection itself (refused, reset, cut short, timed out): worth retrying.
+TRANSPORT_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError)
 
 
 class OpenAIBackend:
@@ -52,12 +56,13 @@ class OpenAIBackend:
         self.backoff = backoff
         self.max_tokens = max_tokens
         self.temperature = temperature
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        self.timeout = timeout
+        self._headers = [(b"Content-Type", b"application/json"), (b"Accept", b"application/json")]
+        if api_key:
+            self._headers.append((b"Authorization", f"Bearer {api_key}".encode()))
+        self._deadlines = Deadlines()
+        self._pool = httpcore.ConnectionPool(max_connections=concurrency, max_keepalive_connections=concurrency,
+                                             network_backend=DeadlineBackend(self._deadlines))
 
     def generate(self, requests: Sequence[Request], attempt: int) -> list[Reply]:
         return [self._complete(request, attempt) for request in requests]
@@ -80,32 +85,50 @@ class OpenAIBackend:
         }
 
     def _complete(self, request: Request, attempt: int) -> Reply:
-        payload = self._payload(request, attempt)
+        body = json.dumps(self._payload(request, attempt)).encode("utf-8")
         failure = ""
         for retry in range(self.max_retries + 1):
             if retry:
                 # Exponential back-off with jitter, so many workers do not hammer a recovering server together.
                 time.sleep(self.backoff * 2 ** (retry - 1) * (0.5 + random.random()))
             try:
-                response = self._client.post(self.url, json=payload)
-            except httpx.TransportError as error:
+                response = self._post(body)
+            except httpcore.TimeoutException:
+                failure = f"timed out: no complete reply within the deadline of {self.timeout:g} s (--timeout)"
+                continue
+            except TRANSPORT_ERRORS as error:
                 failure = f"{type(error).__name__}: {error}"
                 continue
-            if response.status_code in RETRY_STATUSES:
-                failure = f"HTTP {response.status_code}: {response.text[:200]}"
+            if response.status in RETRY_STATUSES:
+                failure = f"HTTP {response.status}: {_shown(response.content, 200)}"
                 continue
-            if response.status_code != 200:
+            if response.status != 200:
                 raise BackendError(
-                    f"{self.url} refused the request with HTTP {response.status_code}: {response.text[:300]}"
+                    f"{self.url} refused the request with HTTP {response.status}: {_shown(response.content, 300)}"
                 )
             try:
                 return Reply(text=parse_reply(response.content))
             except MalformedReply as error:
                 failure = str(error)
-        raise BackendError(f"{self.url} failed {self.max_retries + 1} times; last error: {failure}")
+        raise BackendError(f"{self.url} failed {self.max_retries + 1} times; last error: {_one_line(failure)}")
+
+    def _post(self, body: bytes) -> httpcore.Response:
+        """One exchange, over by `timeout` seconds after it starts, however the server sends its reply."""
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), self.timeout)
+        with self._deadlines.limit(self.timeout):
+            return self._pool.request("POST", self.url, headers=self._headers, content=body,
+                                      extensions={"timeout": timeouts})
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
+
+
+def _shown(body: bytes, limit: int) -> str:
+    return repr(body[:limit].decode("utf-8", errors="replace"))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 class MalformedReply(Exception):
@@ -115,16 +138,16 @@ class MalformedReply(Exception):
 
 def parse_reply(body: bytes) -> str:
     """The first choice's message content of a chat-completion body; MalformedReply (one line) otherwise."""
-    shown = body[:120].decode("utf-8", errors="replace")
+    shown = _shown(body, 120)
     try:
         data = json.loads(body)
     except ValueError:
-        raise MalformedReply(f"malformed reply (not JSON): {shown!r}") from None
+        raise MalformedReply(f"malformed reply (not JSON): {shown}") from None
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise MalformedReply(f"malformed reply (no choices): {shown!r}")
+        raise MalformedReply(f"malformed reply (no choices): {shown}")
     message = choices[0].get("message")
     content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        raise MalformedReply(f"malformed reply (message content is {type(content).__name__}, not text): {shown!r}")
+        raise MalformedReply(f"malformed reply (message content is {type(content).__name__}, not text): {shown}")
     return content
