@@ -18,10 +18,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from facap_io import write_json
+
 from ..errors import DataError
 from ..images import load_rgb
 from .backends import BackendError
-from .sources import PAIRS_FORMAT, write_json
+from .sources import PAIRS_FORMAT
 
 
 @dataclass(frozen=True)
