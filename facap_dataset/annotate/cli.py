@@ -47,6 +47,9 @@ def _add_pairs(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="train")
     parser.add_argument("--model", required=True,
                         help="image model dir or id: a FashionBLIP-2 folder or any CLIP-like model")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow running code shipped with --model (its auto_map); never needed for FashionBLIP-2 "
+                             "folders while modeling_fashionblip2 is installed")
     parser.add_argument("--out", required=True, type=Path, help="pairs JSON file to write")
     parser.add_argument("--min-similarity", type=float, default=0.5)
     parser.add_argument("--max-similarity", type=float, default=0.95,
@@ -140,7 +143,7 @@ def run_pairs(args: argparse.Namespace) -> int:
                             args.max_uses, args.seed)
     source = DatasetImages(args.dataset, args.config, args.split)
     pairs, skipped = mine_pairs(source, args.model, options, batch_size=args.batch_size, device=args.device,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
     category = args.config.removesuffix("-gallery")
     write_pairs(args.out, pairs, category=category, split=args.split, source=str(args.dataset), model=args.model,
                 options=options, skipped=skipped)
