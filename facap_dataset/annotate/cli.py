@@ -113,12 +113,15 @@ def _add_stage_args(parser: argparse.ArgumentParser, rules: OutputRules, stage: 
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--backend", required=True, choices=BACKENDS)
     parser.add_argument("--model", required=True, help="model id/dir (transformers) or served model name (openai)")
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
-                                           "(API key from OPENAI_API_KEY)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (openai)")
+    parser.add_argument("--base-url", action="append",
+                        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (API key from "
+                             "OPENAI_API_KEY); several servers: repeat the option or give a comma list")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per server (openai)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="total deadline in seconds for one request, however slowly the reply comes (openai)")
     parser.add_argument("--max-retries", type=int, default=4,
-                        help="transport retries per request, with exponential back-off (openai)")
+                        help="failures in a row after which a server is given up, each followed by an "
+                             "exponential back-off out of rotation (openai)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers)")
     parser.add_argument("--device", help="device of the local pipeline, e.g. cuda:0 (transformers)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -216,7 +219,8 @@ def run_enhance(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- helpers
 def _backend_options(args: argparse.Namespace, model: str | None = None) -> BackendOptions:
     return BackendOptions(
-        backend=args.backend, model=model or args.model, base_url=args.base_url, concurrency=args.concurrency,
+        backend=args.backend, model=model or args.model, base_url=tuple(args.base_url or ()) or None,
+        concurrency=args.concurrency,
         timeout=args.timeout, max_retries=args.max_retries, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, device=args.device,
     )
