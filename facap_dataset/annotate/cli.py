@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_pairs(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("pairs", help="mine reference/target pairs by image-embedding similarity",
                                  description="Mine pairs within one category of a built dataset folder.")
-    parser.add_argument("--dataset", required=True, type=Path, help="built dataset folder (DESIGN 3.2)")
+    parser.add_argument("--dataset", required=True, type=Path, help="built dataset folder (from `facap_dataset build`)")
     parser.add_argument("--config", required=True, help="category config, e.g. dress (its gallery is used)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--model", required=True,

@@ -165,7 +165,9 @@ def parse_reply(body: bytes) -> str:
         data = json.loads(body)
     except ValueError:
         raise MalformedReply(f"malformed reply (not JSON): {shown}") from None
-    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        raise MalformedReply(f"malformed reply (a JSON {type(data).__name__}, not an object): {shown}")
+    choices = data.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise MalformedReply(f"malformed reply (no choices): {shown}")
     message = choices[0].get("message")

@@ -1,6 +1,6 @@
 """Inputs and outputs of the pipeline: image sources, pairs files, and FACap / Fashion IQ output files.
 
-Formats (DESIGN 3.1): FACap's `image_captions/{cat}_{split}_captions.json` maps an image id to its stage-1
+Formats: FACap's `image_captions/{cat}_{split}_captions.json` maps an image id to its stage-1
 caption and `cir_triplets/{cat}_{split}_triplets.json` lists `{"candidate", "target", "captions": [text]}`;
 Fashion IQ's `captions/cap.{cat}.{split}.json` has the same entries. A pairs file is either what
 `annotate pairs` writes (an object with metadata and `pairs`) or any FACap / Fashion IQ triplet list.
@@ -70,7 +70,7 @@ class FolderImages:
 
 
 class DatasetImages:
-    """The gallery images of one config and split of a built dataset folder (DESIGN 3.2)."""
+    """The gallery images of one config and split of a built dataset folder."""
 
     def __init__(self, dataset_dir: str | Path, config: str, split: str):
         import datasets
