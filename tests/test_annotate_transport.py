@@ -86,3 +86,16 @@ def test_a_trickle_that_ends_within_the_deadline_is_a_normal_reply():
     with StubServer(script=["trickle:0.3"]) as server:
         reply = _backend(server, timeout=5.0, max_retries=0).generate([Request(text="Make it red")], attempt=0)[0]
     assert reply.text.startswith("Make it") and server.requests == 1
+
+
+def test_the_cli_stops_a_trickling_server_at_the_deadline(tmp_path, capsys):
+    pairs, captions = _write_inputs(tmp_path, 2)
+    with StubServer(script=["trickle:30"] * 4) as server:
+        start = time.monotonic()
+        code = main(["annotate", "modifications", "--pairs", str(pairs), "--captions", str(captions), "--backend",
+                     "openai", "--base-url", server.url, "--model", "stub", "--timeout", "0.5", "--max-retries", "0",
+                     "--concurrency", "1", "--out", str(tmp_path / "out"), "--no-progress"])
+        elapsed = time.monotonic() - start
+    assert code == 2 and elapsed < 3, elapsed
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: ") and "deadline of 0.5 s (--timeout)" in error and "\n" not in error
