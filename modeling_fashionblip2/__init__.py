@@ -7,13 +7,14 @@ This `__init__` is not part of the remote code: only the flat modules it imports
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_fashionblip2 import MATCHING_MODES, PRESETS, FashionBlip2Config
+from .convert import ConversionError
 from .modeling_fashionblip2 import (
-    CheckpointError,
     ContrastiveLoss,
     FashionBlip2Model,
     FashionBlip2Output,
     FashionBlip2PreTrainedModel,
     gather_with_grad,
+    score_embeddings,
 )
 from .processing_fashionblip2 import (
     FASHIONIQ_TARGET_PAD_RATIO,
@@ -31,8 +32,8 @@ FashionBlip2Model.register_for_auto_class("AutoModel")
 FashionBlip2Processor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
-    "CheckpointError",
     "ContrastiveLoss",
+    "ConversionError",
     "FASHIONIQ_TARGET_PAD_RATIO",
     "FashionBlip2Config",
     "FashionBlip2Model",
@@ -43,5 +44,6 @@ __all__ = [
     "PRESETS",
     "build_wordpiece_vocab",
     "gather_with_grad",
+    "score_embeddings",
     "target_pad",
 ]
