@@ -8,6 +8,7 @@ from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_fashionblip2 import MATCHING_MODES, PRESETS, FashionBlip2Config
 from .convert import ConversionError
+from .loading import ModelLoadError, load_pretrained
 from .modeling_fashionblip2 import (
     ContrastiveLoss,
     FashionBlip2Model,
@@ -41,8 +42,10 @@ __all__ = [
     "FashionBlip2PreTrainedModel",
     "FashionBlip2Processor",
     "MATCHING_MODES",
+    "ModelLoadError",
     "PRESETS",
     "build_wordpiece_vocab",
+    "load_pretrained",
     "gather_with_grad",
     "score_embeddings",
     "target_pad",
