@@ -23,6 +23,9 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_fashionblip2 import FashionBlip2Config
 from .convert import ConversionError, convert_blip2
+# Imported so that `save_pretrained` copies the pipeline next to the weights (the config's `custom_pipelines`
+# names it): transformers copies the flat siblings a remote-code file imports.
+from .pipeline_fashionblip2 import ComposedImageRetrievalPipeline
 
 logger = logging.get_logger(__name__)
 
@@ -453,6 +456,7 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
 
 
 __all__ = [
+    "ComposedImageRetrievalPipeline",
     "ContrastiveLoss",
     "ConversionError",
     "FashionBlip2Model",
