@@ -65,7 +65,8 @@ AUTO_PEFT_SCRIPT = textwrap.dedent(
     from peft import AutoPeftModel
     model = AutoPeftModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
     generator = torch.Generator().manual_seed(0)
-    pixels, input_ids = torch.randn(3, 3, 32, 32, generator=generator), torch.randint(5, 200, (3, 6), generator=generator)
+    pixels = torch.randn(3, 3, 32, 32, generator=generator)
+    input_ids = torch.randint(5, 200, (3, 6), generator=generator)
     with torch.no_grad():
         q = model.get_query_embeddings(pixels, input_ids)
     print(json.dumps({"base": type(model.get_base_model()).__module__, "q": q.tolist()}))
