@@ -1,4 +1,4 @@
-"""Builders for the real datasets (DESIGN.md 3): Fashion IQ, FACap and enhFashionIQ.
+"""Builders for the real datasets: Fashion IQ, FACap and enhFashionIQ (CIRR in `cirr`).
 
 Each builder reads a raw release (`readers`), prepares every image it needs once (in `num_proc`
 processes), assembles one triplet config per category plus its `{category}-gallery` config, and writes
@@ -311,7 +311,7 @@ def triplet_dataset(
     image_captions: Mapping[str, str] | None = None,
     extra_features: Features | None = None,
 ) -> Dataset:
-    """The triplet rows of one split (DESIGN.md 3.2), dropping (and counting) degenerate ones and those that
+    """The triplet rows of one split (`schema.TRIPLET_FEATURES`), dropping (and counting) degenerate ones and those that
     need a skipped image. `extra_features` types the columns each triplet carries in `RawTriplet.extra`."""
     triplets = drop_degenerate(category, split, triplets, notes)
     kept = [t for t in triplets if t.reference in images and (t.target is None or t.target in images)]

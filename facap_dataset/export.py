@@ -192,7 +192,7 @@ def _check_configs(configs: Mapping[str, DatasetDict]) -> None:
 
 
 def _check_schema(config_name: str, split: str, features: Features) -> None:
-    """Triplet and gallery configs start with the columns of DESIGN.md 3.2; extra columns may follow."""
+    """Triplet and gallery configs start with the columns of `schema`; extra columns may follow."""
     required = GALLERY_FEATURES if is_gallery_config(config_name) else TRIPLET_FEATURES
     leading = dict(list(features.items())[: len(required)])
     if leading != dict(required):

@@ -1,4 +1,4 @@
-"""Readers for the raw releases of DESIGN.md 3.1, each checking the structure it relies on.
+"""Readers for the raw releases of Fashion IQ and FACap, each checking the structure it relies on.
 
 Fashion IQ (and enhFashionIQ, which keeps its format):
   `captions/cap.{cat}.{split}.json`: a JSON list of `{"candidate": ASIN, "target": ASIN, "captions": [str, ...]}`

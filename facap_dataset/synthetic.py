@@ -1,4 +1,4 @@
-"""The synthetic fashion catalogue (DESIGN.md 3.3): `python -m facap_dataset build synthetic --out DIR`.
+"""The synthetic fashion catalogue: `python -m facap_dataset build synthetic --out DIR`.
 
 Per category (dress, shirt, toptee) and split, triplets whose target differs from the reference in 1-3
 attributes, with captions written from that difference (see `synthetic_text`). The validation and test
