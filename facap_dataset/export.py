@@ -81,8 +81,8 @@ class DatasetCardInfo:
         extra_sections: section title -> Markdown body, appended after the generated sections.
         tags: Hub tags.
         citations: one BibTeX entry per source the data comes from (`facap_dataset.citations`).
-        license_name, license_link: required when `license` is "other": a short name of the terms and
-            where to read them (the Hub shows both).
+        license_name, license_link: for `license` "other" (every builder of a real dataset gives them): a short
+            name of the terms and where to read them (the Hub shows both).
         task_categories, language: Hub metadata.
     """
 
@@ -100,10 +100,6 @@ class DatasetCardInfo:
     license_link: str | None = None
     task_categories: tuple[str, ...] = DEFAULT_TASK_CATEGORIES
     language: tuple[str, ...] = DEFAULT_LANGUAGE
-
-    def __post_init__(self):
-        if self.license == "other" and not (self.license_name and self.license_link):
-            raise ValueError(f"dataset card {self.pretty_name!r}: licence 'other' needs license_name and license_link")
 
 
 def size_category(num_examples: int) -> str:
