@@ -59,7 +59,10 @@ FACAP_SOURCE = (
     "licence of the annotations. **The images are not covered**: they come from Fashion200k (product "
     "photos of online shops) under their owners' terms."
 )
-FASHIONIQ_LICENSE = {"license_name": "fashion-iq-cdla-annotations", "license_link": "https://github.com/XiaoxiaoGuo/fashion-iq"}
+FASHIONIQ_LICENSE = {
+    "license_name": "fashion-iq-cdla-annotations",
+    "license_link": "https://github.com/XiaoxiaoGuo/fashion-iq",
+}
 FACAP_LICENSE = {"license_name": "facap-release-terms", "license_link": "https://arxiv.org/abs/2507.07135"}
 
 
@@ -711,7 +714,9 @@ def common_arguments(parser: argparse.ArgumentParser, *, splits: bool, categorie
         parser.add_argument("--categories", type=comma_list, help="comma-separated categories (default: all)")
     if splits:
         parser.add_argument(
-            "--splits", type=comma_list, help="comma-separated splits among train,validation,test (default: those present)"
+            "--splits",
+            type=comma_list,
+            help="comma-separated splits among train,validation,test (default: those present)",
         )
     parser.add_argument(
         "--on-missing",

@@ -59,7 +59,10 @@ CIRR_SOURCE = (
     "writing; check the repository). **The images are not covered**: they are NLVR2's (Suhr et al., ACL 2019), "
     "web photos distributed by the NLVR2 authors on request under their own terms."
 )
-CIRR_LICENSE = {"license_name": "cirr-annotations-nlvr2-images", "license_link": "https://github.com/Cuberick-Orion/CIRR"}
+CIRR_LICENSE = {
+    "license_name": "cirr-annotations-nlvr2-images",
+    "license_link": "https://github.com/Cuberick-Orion/CIRR",
+}
 
 
 def captions_path(raw_dir: Path, split: str) -> Path:
@@ -116,7 +119,9 @@ def _pair(path: Path, index: int, entry, hidden_target: bool) -> CirrPair:
     if not isinstance(members, list) or not members or not all(isinstance(m, str) and m for m in members):
         raise SchemaError(f"{path}: pair {pair_id}: img_set 'members' must be a non-empty list of image names")
     if reference not in members:
-        raise DataError(f"{path}: pair {pair_id}: its img_set {img_set.get('id')!r} does not hold its reference {reference!r}")
+        raise DataError(
+            f"{path}: pair {pair_id}: its img_set {img_set.get('id')!r} does not hold its reference {reference!r}"
+        )
     return CirrPair(pair_id, reference, target, entry["caption"], tuple(members))
 
 
@@ -137,7 +142,8 @@ def read_captions(path: Path, *, hidden_targets: bool) -> list[CirrPair]:
 
 
 def _absent_images(pair: CirrPair, gallery: dict[str, str]) -> list[str]:
-    named = [("reference", pair.reference), ("target_hard", pair.target)] + [("img_set member", m) for m in pair.members]
+    named = [("reference", pair.reference), ("target_hard", pair.target)]
+    named += [("img_set member", member) for member in pair.members]
     return [f"{name!r} ({role})" for role, name in named if name is not None and name not in gallery]
 
 

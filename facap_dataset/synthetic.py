@@ -213,7 +213,8 @@ def _streams(seed: int, cat_index: int, split_index: int, standin: Standin | Non
         return (np.random.default_rng([seed, cat_index, split_index]), None,
                 np.random.default_rng([seed, cat_index, split_index, 1]))
     key = [seed, cat_index, split_index]
-    return (np.random.default_rng([*key, 2, standin.structure_salt]), np.random.default_rng([*key, 3, standin.text_salt]),
+    return (np.random.default_rng([*key, 2, standin.structure_salt]),
+            np.random.default_rng([*key, 3, standin.text_salt]),
             np.random.default_rng([*key, 1, standin.structure_salt]))
 
 
@@ -431,7 +432,8 @@ def _card(build_command: str, options: dict, difficulty: str, hard_negatives: bo
     attribute_list = "\n".join(f"- `{name}`: {', '.join(values)}" for name, values in ATTRIBUTES.items())
     negatives = (
         " Triplets also have `negative_image` (and its `negative_attributes`), one hard negative each: in "
-        f"train a freshly drawn distractor ({DISTRACTOR_SHARE:.0%}) or near-copy, not in the gallery; in validation and test one of the "
+        f"train a freshly drawn distractor ({DISTRACTOR_SHARE:.0%}) or near-copy, not in the gallery; in validation "
+        "and test one of the "
         "triplet's own gallery distractors or near-copies. The trainer adds them to the loss's candidates."
     ) if hard_negatives else ""
     galleries = (

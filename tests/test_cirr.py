@@ -85,7 +85,8 @@ def test_cli_and_images_dir_elsewhere(tmp_path, capsys):
     assert captured.out.strip() == str(out) and "cirr: validation 4" in captured.err
     assert f"--images-dir {images}" in (out / "README.md").read_text()
     assert main(["build", "cirr", "--raw-dir", str(tmp_path), "--out", str(tmp_path / "x")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: not a CIRR release: no caption file cap.rc2.<split>.json in {tmp_path / 'captions'}"
+    expected = f"error: not a CIRR release: no caption file cap.rc2.<split>.json in {tmp_path / 'captions'}"
+    assert capsys.readouterr().err.strip() == expected
 
 
 def test_caption_naming_an_image_absent_from_the_split_file(tmp_path, capsys):
@@ -97,7 +98,8 @@ def test_caption_naming_an_image_absent_from_the_split_file(tmp_path, capsys):
         build_cirr(release.root, tmp_path / "out")
     configs = build_cirr(release.root, tmp_path / "out", on_missing="skip")
     assert configs["cirr"]["validation"]["pair_id"] == [0, 1, 3]
-    assert "note: cirr/validation: pairs naming an image absent from the split file (dropped): 1" in capsys.readouterr().err
+    note = "note: cirr/validation: pairs naming an image absent from the split file (dropped): 1"
+    assert note in capsys.readouterr().err
     card = validate_dataset_card(tmp_path / "out")
     assert card.data.skipped == {"cirr/validation: pairs naming an image absent from the split file (dropped)": 1}
 

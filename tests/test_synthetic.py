@@ -287,7 +287,8 @@ def test_standin_splits_cards_and_num_changes(standins):
     for style, folder in standins.items():
         card = validate_dataset_card(folder)
         assert "**Synthetic data**" in card.text and "synthetic" in card.data.tags
-        assert f"stands in for **{ {'facap': 'FACap', 'fashioniq': 'Fashion IQ', 'enhfashioniq': 'enhFashionIQ'}[style]}**" in card.text
+        name = {"facap": "FACap", "fashioniq": "Fashion IQ", "enhfashioniq": "enhFashionIQ"}[style]
+        assert f"stands in for **{name}**" in card.text
         assert f"--style {style}" in card.text
         infos = {info["config_name"]: [s["name"] for s in info["splits"]] for info in card.data.dataset_info}
         assert infos == {c: expected[style] for cat in FASHIONIQ_CATEGORIES for c in (cat, gallery_config(cat))}
