@@ -168,3 +168,20 @@ def test_split_file_paths_stay_inside_the_image_root(tmp_path, capsys, path, mes
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: image path ") and message in err[-1]
     assert not (tmp_path / "out").exists()
+
+
+def test_real_release_facts_when_the_files_are_here():
+    """With the real CIRR release (its annotation files suffice) named by FACAP_CIRR_RAW: the facts of the
+    issue that asked for this builder. No CIRR file ships with the project, so this skips without it."""
+    import os
+    from pathlib import Path
+
+    from facap_dataset.cirr import captions_path, read_captions, read_split_file, split_path
+
+    raw = os.environ.get("FACAP_CIRR_RAW")
+    if not raw:
+        pytest.skip("set FACAP_CIRR_RAW to a CIRR release (captions/, image_splits/) to check it")
+    pairs = read_captions(captions_path(Path(raw), "validation"), hidden_targets=False)
+    gallery = read_split_file(split_path(Path(raw), "validation"))
+    assert (len(pairs), len(gallery)) == (4181, 2297)
+    assert all(p.reference in gallery and p.target in gallery for p in pairs)
