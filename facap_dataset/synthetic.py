@@ -45,11 +45,12 @@ from . import citations
 from .errors import DataError
 from .export import DatasetCardInfo, check_destination, write_dataset
 from .images import encode_jpeg
-from .schema import GALLERY_FEATURES, NEGATIVE_IMAGE_COLUMN, SPLITS, gallery_config, triplet_features
+from .schema import GALLERY_FEATURES, NEGATIVE_IMAGE_COLUMN, SPLITS, gallery_config, is_gallery_config, triplet_features
 from .synthetic_attributes import (
     ATTRIBUTE_NAMES,
     ATTRIBUTES,
     CATEGORIES,
+    EXTRA_CATEGORIES,
     Attributes,
     changed_attributes,
     from_json,
@@ -101,15 +102,17 @@ class Standin:
     structure_salt: int  # random stream of images and triplets: equal salts give equal triplets and galleries
     text_salt: int
     sources: tuple[str, ...]  # BibTeX of the datasets it imitates
+    categories: tuple[str, ...] = CATEGORIES
 
 
 STANDINS = {
     "facap": Standin(
         "Synthetic FACap stand-in",
         "It stands in for **FACap** (the large pretraining set with detailed modification texts): one detailed "
-        "sentence per triplet that names every changed attribute, train and validation splits, and images drawn "
-        "from random streams of its own (no image is shared with the other stand-ins).",
-        ("train", "validation"), "facap", "synfacap", 1, 1, (citations.FACAP,),
+        "sentence per triplet that names every changed attribute, train and validation splits, images drawn "
+        "from random streams of its own (no image is shared with the other stand-ins), and a category beyond "
+        f"Fashion IQ's three ({', '.join(EXTRA_CATEGORIES)}), as FACap has.",
+        ("train", "validation"), "facap", "synfacap", 1, 1, (citations.FACAP,), CATEGORIES + EXTRA_CATEGORIES,
     ),
     "fashioniq": Standin(
         "Synthetic Fashion IQ stand-in",
@@ -153,22 +156,24 @@ class _Split:
     gallery: list[_Image] = field(default_factory=list)
 
 
-def triplet_counts(num_images: int, train_triplets: int | None = None) -> dict[str, dict[str, int]]:
+def triplet_counts(
+    num_images: int, train_triplets: int | None = None, categories: tuple[str, ...] = CATEGORIES
+) -> dict[str, dict[str, int]]:
     """category -> split -> number of triplets for a total budget of `num_images` drawn images; `train_triplets`
     (per category) replaces the train split's share of the budget, leaving validation and test as they are."""
     counts = {}
-    for index, category in enumerate(CATEGORIES):
-        budget = num_images // len(CATEGORIES) + (index < num_images % len(CATEGORIES))
+    for index, category in enumerate(categories):
+        budget = num_images // len(categories) + (index < num_images % len(categories))
         counts[category] = {s: int(budget * SPLIT_SHARES[s]) // _IMAGES_PER_TRIPLET[s] for s in SPLITS}
         if train_triplets is not None:
             counts[category]["train"] = train_triplets
     return counts
 
 
-def minimum_num_images() -> int:
+def minimum_num_images(categories: tuple[str, ...] = CATEGORIES) -> int:
     """The smallest budget that gives every category at least one triplet in every split."""
     n = 1
-    while min(c for split_counts in triplet_counts(n).values() for c in split_counts.values()) < 1:
+    while min(c for split_counts in triplet_counts(n, None, categories).values() for c in split_counts.values()) < 1:
         n += 1
     return n
 
@@ -187,10 +192,11 @@ def generate_synthetic(
     `hard_negatives` adds the `negative_image` column and changes nothing else. `style` picks the default
     catalogue or a stand-in (module docstring)."""
     _check_options(num_images, seed, image_size, train_triplets, style)
-    counts = triplet_counts(num_images, train_triplets)
     standin = STANDINS.get(style)
+    categories = standin.categories if standin is not None else CATEGORIES
+    counts = triplet_counts(num_images, train_triplets, categories)
     configs = {}
-    for cat_index, category in enumerate(CATEGORIES):
+    for cat_index, category in enumerate(categories):
         triplets, galleries = DatasetDict(), DatasetDict()
         for split_index, split in enumerate(SPLITS):
             if standin is not None and split not in standin.splits:
@@ -258,7 +264,7 @@ def _difficulty(configs: dict[str, DatasetDict], split: str = "validation") -> s
     """A Markdown table of the attribute oracles on `split` (see `synthetic_oracle`)."""
     rows = ["| category | gallery | " + " | ".join(f"{kind} R@1 / R@10" for kind in ORACLES) + " |",
             "|---" * (len(ORACLES) + 2) + "|"]
-    for category in CATEGORIES:
+    for category in (name for name in configs if not is_gallery_config(name)):
         triplets, gallery = configs[category][split], configs[gallery_config(category)][split]
         queries = [(c, from_json(r), t) for c, r, t in
                    zip(triplets["captions"], triplets["reference_attributes"], triplets["target_id"])]
@@ -279,7 +285,7 @@ def _check_options(
 ) -> None:
     if style not in STYLE_CHOICES:
         raise DataError(f"--style {style!r} is unknown; expected one of: {', '.join(STYLE_CHOICES)}")
-    minimum = minimum_num_images()
+    minimum = minimum_num_images(STANDINS[style].categories if style in STANDINS else CATEGORIES)
     if num_images < minimum:
         raise DataError(
             f"--num-images {num_images} is too small to form triplets: every category needs one in each of "
@@ -514,9 +520,10 @@ def _run(args: argparse.Namespace) -> int:
                           train_triplets=args.train_triplets, hard_negatives=args.hard_negatives,
                           overwrite=args.overwrite, style=args.style)
     seconds = time.perf_counter() - start
-    splits = STANDINS[args.style].splits if args.style in STANDINS else SPLITS
+    standin = STANDINS.get(args.style)
+    splits, categories = (standin.splits, standin.categories) if standin else (SPLITS, CATEGORIES)
     counts = {category: {s: n for s, n in split_counts.items() if s in splits}
-              for category, split_counts in triplet_counts(args.num_images, args.train_triplets).items()}
+              for category, split_counts in triplet_counts(args.num_images, args.train_triplets, categories).items()}
     drawn = sum(c[s] * (_IMAGES_PER_TRIPLET[s] + (args.hard_negatives and s == "train"))
                 for c in counts.values() for s in c)
     print(f"wrote {out} in {seconds:.1f} s ({drawn} images, {drawn / seconds:.0f} images/s)")

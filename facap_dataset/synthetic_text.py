@@ -18,7 +18,12 @@ import numpy as np
 
 from .synthetic_attributes import ATTRIBUTES, COLOURS, Attributes, changed_attributes
 
-NOUNS = {"dress": ("dress", "gown"), "shirt": ("shirt", "blouse"), "toptee": ("top", "tee")}
+NOUNS = {
+    "dress": ("dress", "gown"),
+    "shirt": ("shirt", "blouse"),
+    "toptee": ("top", "tee"),
+    "jacket": ("jacket", "coat"),
+}
 
 # colour name -> words for it; "dark blue" stays navy because the parser matches longest phrases first
 _COLOUR_WORDS = {name: (name,) for name in COLOURS} | {
