@@ -1,7 +1,7 @@
 """The caption-join rule: the single source of truth for turning a triplet's captions into query text.
 
 Fashion IQ triplets carry two relative captions; CLIP4Cir and SPRC evaluate with
-`f"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}"` (DESIGN.md 5). FACap-style triplets carry one
+`f"{c0.strip('.?, ').capitalize()} and {c1.strip('.?, ')}"` (the Fashion IQ convention). FACap-style triplets carry one
 detailed sentence, which every rule returns stripped of surrounding whitespace.
 """
 

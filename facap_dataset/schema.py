@@ -1,4 +1,5 @@
-"""The dataset schema of DESIGN.md 3.2: one place that names configs, splits and features."""
+"""The dataset schema (the `load_dataset` contract of every built folder): one place that names configs, splits
+and features."""
 
 from __future__ import annotations
 

@@ -8,6 +8,8 @@ from collections.abc import Mapping
 from .schema import FASHIONIQ_CATEGORIES
 
 CATEGORIES = FASHIONIQ_CATEGORIES  # the synthetic set mirrors Fashion IQ's categories
+# Garments FACap has beyond Fashion IQ's that carry the same attributes (the FACap stand-in draws them too).
+EXTRA_CATEGORIES = ("jacket",)
 
 # name -> RGB; distinct enough to be told apart at 32 px
 COLOURS = {

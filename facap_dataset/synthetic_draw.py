@@ -3,7 +3,8 @@
 Geometry is written in unit coordinates (x right, y down, garment centred at x = 0.5) and mapped to pixels
 by a per-image pose (scale, shift, small rotation), so that no two images coincide even with equal
 attributes. Categories differ in silhouette: a dress has a waist and a flared skirt, a shirt a straight
-body with a button placket, a top/tee a short boxy body with a hem band.
+body with a button placket, a top/tee a short boxy body with a hem band, a jacket a wide straight body
+open at the front, with lapels and two pockets.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ _HEM_Y = {  # category -> garment length -> hem height
     "dress": {"short": 0.64, "medium": 0.77, "long": 0.92},
     "shirt": {"short": 0.55, "medium": 0.68, "long": 0.82},
     "toptee": {"short": 0.50, "medium": 0.62, "long": 0.76},
+    "jacket": {"short": 0.54, "medium": 0.68, "long": 0.86},
 }
 _SLEEVES: dict[str, tuple[Point, ...]] = {  # right sleeve; the left one is its mirror image
     "sleeveless": (),
@@ -90,6 +92,8 @@ def _body(category: str, length: str) -> tuple[Point, ...]:
         right = ((0.67, _SHOULDER_Y), (0.65, _ARMPIT_Y), (0.62, 0.47), (0.5 + flare, hem))
     elif category == "shirt":  # straight body
         right = ((0.67, _SHOULDER_Y), (0.65, _ARMPIT_Y), (0.655, hem))
+    elif category == "jacket":  # wide straight body, squared shoulders
+        right = ((0.69, _SHOULDER_Y - 0.01), (0.68, _ARMPIT_Y), (0.685, hem))
     else:  # boxy tee, slightly wider at the hem
         right = ((0.67, _SHOULDER_Y), (0.66, _ARMPIT_Y), (0.68, hem))
     left = tuple((1.0 - x, y) for x, y in reversed(right))
@@ -111,6 +115,13 @@ def _category_details(draw: ImageDraw.ImageDraw, category, attributes, to_pixels
         for i in range(steps):
             x, y = to_pixels((0.525, top + (hem - top) * (i + 0.5) / steps))
             draw.ellipse((x - width / 2, y - width / 2, x + width / 2, y + width / 2), fill=colour)
+    elif category == "jacket":  # open front, lapels, two pockets
+        draw.line([to_pixels((0.5, 0.40)), to_pixels((0.5, hem))], fill=colour, width=width)
+        for side in (-1, 1):
+            draw.line([to_pixels((0.5 + side * 0.07, 0.22)), to_pixels((0.5, 0.40))], fill=colour, width=width)
+            pocket_y = hem - 0.09
+            draw.line([to_pixels((0.5 + side * 0.06, pocket_y)), to_pixels((0.5 + side * 0.14, pocket_y))],
+                      fill=colour, width=width)
     elif category == "dress":  # waist seam
         draw.line([to_pixels((0.38, 0.47)), to_pixels((0.62, 0.47))], fill=colour, width=width)
     else:  # hem band
