@@ -4,6 +4,8 @@ checked before the model is even loaded, then `evaluate`, the table and results.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
 
@@ -11,6 +13,7 @@ from facap_dataset.errors import DataError
 from facap_io.atomic import check_writable, write_json
 from facap_io.errors import FacapError
 from facap_retrieval.ranking import DEFAULT_CHUNK_BYTES
+from facap_retrieval.report import check_report_folder
 
 from .errors import EvalError
 from .evaluation import evaluate, evaluate_baseline
@@ -23,11 +26,25 @@ EXIT_BAD_INPUT = 2
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate as `args` (eval_cir's parser) say; returns the exit code. Bad input is one `error:` line."""
+    with _notes_to_stderr():
+        try:
+            return _run(args)
+        except (FacapError, DataError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+
+
+@contextlib.contextmanager
+def _notes_to_stderr():
+    """The library's warnings and notes (a rebuilt cache entry, a dropped K) as plain lines on stderr."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("facap_eval")
+    logger.addHandler(handler)
     try:
-        return _run(args)
-    except (FacapError, DataError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        yield
+    finally:
+        logger.removeHandler(handler)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -82,6 +99,8 @@ def check_output_places(args: argparse.Namespace) -> None:
     for place, option in ((args.predictions, "--predictions"), (args.report, "--report"), (args.cache_dir, "--cache-dir")):
         if place is not None:
             check_writable(place, what=option, folder=True)
+    if args.report is not None:
+        check_report_folder(args.report)
 
 
 def launched_accelerator(device: str | None):

@@ -21,6 +21,7 @@ from facap_dataset.schema import FASHIONIQ_CATEGORIES
 from facap_io.atomic import check_writable
 from facap_retrieval.cache import model_fingerprint
 from facap_retrieval.ranking import NO_INDEX, Ranking, RetrievalError, rank_gallery, recall_at_k
+from facap_retrieval.report import check_report_folder, write_report
 
 from . import cirr
 from .breakdowns import breakdown, query_buckets
@@ -273,8 +274,6 @@ def _write_outputs(results: dict[str, ConfigResult], output: dict, protocol: Pro
             else:
                 write_predictions(run.predictions_dir, protocol.split, result.data, result.ranking)
     if run.report_dir is not None:
-        from facap_retrieval.report import write_report
-
         sections = {name: (r.data.triplets, r.data.gallery, r.ranking) for name, r in results.items()}
         write_report(run.report_dir, sections, output, caption_join=protocol.caption_join, num_samples=run.report_samples)
 

@@ -25,12 +25,12 @@ def load_model_and_processor(
     hint = "" if trust_remote_code else " (a folder that ships its own code needs --trust-remote-code)"
     try:
         model = AutoModel.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as error:
+    except Exception as error:  # noqa: BLE001 - OS, config, safetensors (a truncated file) errors: one line each
         raise EvalError(f"cannot load a model from {path_or_id!s}: {_first_line(error)}{hint}") from None
     check_compatible(model, str(path_or_id))
     try:
         processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as error:
+    except Exception as error:  # noqa: BLE001 - as for the model
         raise EvalError(f"cannot load the processor of {path_or_id!s}: {_first_line(error)}{hint}") from None
     return model.to(resolve_device(device)).eval(), processor
 
