@@ -11,6 +11,7 @@ With `accelerator=None` (or one process) every function is the identity of the s
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -20,6 +21,41 @@ from facap_io.errors import FacapError
 from .errors import EvalError
 
 T = TypeVar("T")
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (`accelerate launch`, `torchrun`) started: its WORLD_SIZE, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_on_cpu() -> bool:
+    """Several launched processes on a machine without an accelerator device.
+
+    Accelerate forms a gloo process group for them only when told `cpu=True`; otherwise each process would
+    silently run alone (and `accelerate launch --cpu` starts a single process).
+    """
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    devices = torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available()
+    return launched_processes() > 1 and not devices
+
+
+def launched_accelerator():
+    """An `accelerate.Accelerator` spanning the launched processes, or None for a single process.
+
+    Raises EvalError when Accelerate does not join every launched process (each would evaluate alone)."""
+    if launched_processes() <= 1:
+        return None
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=launched_on_cpu())
+    if accelerator.num_processes != launched_processes():
+        raise EvalError(
+            f"{launched_processes()} processes were launched but Accelerate joined {accelerator.num_processes}: "
+            "launch with `accelerate launch --multi_gpu --num_processes N` (on CPU too; `--cpu` starts one process)"
+        )
+    return accelerator
 
 
 def _is_distributed(accelerator) -> bool:

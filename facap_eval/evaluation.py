@@ -112,7 +112,7 @@ def _evaluate(model, processor, dataset, configs, protocol: Protocol, run: Runti
         results = {name: _score(model, data, *encoded[name], protocol) for name, data in planned.items()}
     identity = {"model": _model_identity(model, model_fp), "dataset": dataset_identity(opened, dataset)}
     output = {
-        "protocol": _protocol_block(results, protocol, run, mode, str(encoder.device), identity),
+        "protocol": _protocol_block(results, protocol, run, mode, encoder.device.type, identity),
         "configs": {name: result.metrics for name, result in results.items()},
         "average": _average(results),
     }
