@@ -16,8 +16,6 @@ from typing import Any, Callable, TypeVar
 
 import torch
 
-from facap_io.errors import FacapError
-
 from .errors import EvalError
 
 T = TypeVar("T")
@@ -105,13 +103,14 @@ def gather_rows(accelerator, rows: torch.Tensor | None) -> torch.Tensor:
 def agree(accelerator, action: Callable[[], T]) -> T:
     """Run `action` on every process; when it fails on any process, raise on every process.
 
-    The failing process raises its own error; the others raise an EvalError quoting it.
+    The failing process raises its own error; the others raise an EvalError quoting it. Used around every
+    step that precedes a collective, so that one process's bad input never leaves the others waiting.
     """
     if not _is_distributed(accelerator):
         return action()
     try:
         result, failure = action(), None
-    except FacapError as error:
+    except Exception as error:  # noqa: BLE001 - whatever failed here, the other processes must not wait for it
         result, failure = None, error
     failures = gather_objects(accelerator, None if failure is None else str(failure))
     if failure is not None:
