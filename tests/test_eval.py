@@ -359,8 +359,10 @@ def test_bad_options(tiny, dataset_dir):
         evaluate(model, processor, dataset_dir, "dress", caption_join="third")
     with pytest.raises(EvalError, match="unknown precision"):
         evaluate(model, processor, dataset_dir, "dress", precision="int4")
-    with pytest.raises(EvalError, match="distinct non-empty"):
+    with pytest.raises(EvalError, match="configs must be distinct names, got 'dress,dress'"):
         evaluate(model, processor, dataset_dir, "dress,dress")
+    with pytest.raises(EvalError, match="expected a comma-separated list of configs"):
+        evaluate(model, processor, dataset_dir, [])
     with pytest.raises(EvalError, match="unknown breakdown 'colour'"):
         evaluate(model, processor, dataset_dir, "dress", breakdowns=("colour",))
     with pytest.raises(DataError, match="no dataset folder"):

@@ -16,6 +16,7 @@ from datasets import DatasetDict
 
 import eval_cir
 from facap_dataset.export import DatasetCardInfo, write_dataset
+from facap_eval.distributed import shard
 from test_eval import _config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +63,22 @@ def _launch(*argv: str) -> subprocess.CompletedProcess:
         "--main_process_port", str(_free_port()), *argv,
     ]  # fmt: skip
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+class _Processes:
+    """What `shard` reads of an accelerator."""
+
+    def __init__(self, num_processes: int, process_index: int):
+        self.num_processes, self.process_index = num_processes, process_index
+
+
+@pytest.mark.parametrize("size", [0, 1, 2, 5, 7, 8])
+@pytest.mark.parametrize("processes", [1, 2, 3, 4])
+def test_shards_are_contiguous_and_cover_every_row_once(size, processes):
+    slices = [shard(size, _Processes(processes, index)) for index in range(processes)]
+    assert [row for part in slices for row in part] == list(range(size))
+    assert max(len(part) for part in slices) - min(len(part) for part in slices) <= -(-size // processes)
+    assert shard(size, None) == range(size)
 
 
 @pytest.fixture(scope="module")
