@@ -106,11 +106,13 @@ def _evaluate(model, processor, dataset, configs, protocol: Protocol, run: Runti
     with _eval_mode(model):
         encoder = Encoder(model, processor, run, place_model(model, run.device, accelerator))
         model_fp = model_fingerprint(model, processor)
+        check_same(accelerator, "models", {"model fingerprint": model_fp})
         results = {}
         for name, data in planned.items():  # one config at a time: its embeddings are freed before the next
             gallery, queries = _encode(encoder, data, mode, protocol, model_fp)
-            if run.is_main_process:
-                results[name] = _score(model, data, gallery, queries, protocol)
+            # ranked on the main process; `agree` keeps the others from waiting on a failed main process
+            score = lambda: _score(model, data, gallery, queries, protocol) if run.is_main_process else None  # noqa: E731
+            results[name] = agree(accelerator, score)
     if not run.is_main_process:
         return None
     identity = {"model": _model_identity(model, model_fp), "dataset": dataset_identity(opened, dataset)}
@@ -132,6 +134,8 @@ def _prepare(dataset, names, protocol: Protocol, run: Runtime):
                         (run.cache_dir, "cache folder")):  # fmt: skip
         if place is not None:
             check_writable(place, what=what, folder=True)
+    if run.report_dir is not None:
+        check_report_folder(run.report_dir)
     for data in planned.values():
         if data.benchmark == CIRR and run.predictions_dir is not None:
             if cirr.PAIR_ID_COLUMN not in data.triplets.column_names:
