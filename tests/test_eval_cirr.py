@@ -143,3 +143,6 @@ def test_cli_test_split_needs_predictions_and_writes_server_files(tiny, dataset_
     assert "no targets: pass a predictions folder" in capsys.readouterr().err
     assert eval_cir.main(base + ["--predictions", str(tmp_path / "server")]) == 0
     assert sorted(p.name for p in (tmp_path / "server").iterdir()) == ["cirr.test.recall.json", "cirr.test.recall_subset.json"]
+    validation = [arg if arg != "test" else "validation" for arg in base]
+    assert eval_cir.main(validation + ["--report", str(tmp_path / "report"), "--report-samples", "3"]) == 0
+    assert (tmp_path / "report" / "index.html").is_file() and len(list((tmp_path / "report" / "png").iterdir())) == 3
