@@ -12,14 +12,15 @@ import datasets
 import torch
 from PIL import Image
 
-import eval_cir
 from facap_dataset.captions import join_captions
 from facap_dataset.images import load_rgb
 from facap_dataset.loading import OpenedDataset
 from facap_dataset.schema import GALLERY_SUFFIX, is_gallery_config
 from facap_io.atomic import write_file
 from facap_io.paths import inside, plain_name
-from facap_retrieval.index import CIRIndex
+from facap_eval import Runtime, gallery_embeddings
+from facap_retrieval.cache import gallery_fingerprint
+from facap_retrieval.index import CIRIndex, IndexSource, check_index
 
 from .errors import AppError
 from .options import AppOptions
@@ -110,41 +111,62 @@ def load_gallery(dataset: OpenedDataset, config: str, split: str) -> datasets.Da
     return gallery
 
 
-def build_index(options: AppOptions, model, processor, config: str, gallery: datasets.Dataset, fingerprint) -> tuple[CIRIndex, str]:
+@dataclass(frozen=True)
+class ModelInfo:
+    """What indexes are checked against: the model's name, its embedding width and (computed on first use,
+    since hashing a BLIP-2-sized model's weights costs seconds) its fingerprint."""
+
+    name: str
+    width: int
+    fingerprint: Callable[[], str]
+
+
+def build_index(options: AppOptions, model, processor, config: str, gallery: datasets.Dataset, info: ModelInfo) -> tuple[CIRIndex, str]:
     """An exact CIRIndex over the gallery's candidate embeddings, encoded with a progress bar and cached the way
-    the evaluation caches them (one `--cache-dir` serves both); `fingerprint()` gives the model fingerprint that
-    keys the cache. Returns the index and where its embeddings came from."""
+    the evaluation caches them (one `--cache-dir` serves both), recording the model and gallery it was built
+    from. Returns the index and where its embeddings came from."""
+    run = Runtime(batch_size=options.batch_size, cache_dir=options.cache_dir)
     with torch.inference_mode():
-        embeddings, ids, cache_state = eval_cir.gallery_embeddings(
-            model, processor, gallery, category_of(config), options.split,
-            model_fp=fingerprint(), batch_size=options.batch_size, cache_dir=options.cache_dir,
-        )  # fmt: skip
-    if embeddings.ndim != 2:
+        embedded = gallery_embeddings(model, processor, gallery, name=config, run=run, model_fp=info.fingerprint())
+    if embedded.embeddings.ndim != 2:
         raise AppError(
             f"model {options.model!r} gives per-token candidate embeddings (matching='max'); "
             "the demo searches the (N, D) embeddings of a multihead-matching model"
         )
-    source = f"read from the cache in {options.cache_dir}" if cache_state == "hit" else f"built, cached in {options.cache_dir}"
-    return CIRIndex.build(embeddings.float(), ids), source
+    source = IndexSource(info.fingerprint(), options.model, options.dataset, config, options.split, embedded.fingerprint)
+    index = CIRIndex.build(embedded.embeddings.float(), embedded.ids, source=source)
+    where = f"read from the cache in {options.cache_dir}" if embedded.cache == "hit" else f"built, cached in {options.cache_dir}"
+    return index, where
 
 
-def load_index(folder: Path) -> tuple[CIRIndex, str]:
-    """A saved CIRIndex folder, with whichever backend it was saved with (exact or FAISS)."""
+def load_index(folder: Path, gallery: datasets.Dataset, info: ModelInfo) -> tuple[CIRIndex, str]:
+    """A saved CIRIndex folder, with whichever backend it was saved with (exact, FAISS IVF-PQ, ...), refused
+    (naming both sides) when its embedding width differs from the model's, or when it records a model or
+    gallery fingerprint that differs from the model's or the gallery's. A folder that records none (an
+    embedding cache entry, an index from an older version) is checked by width and ids only."""
     try:
-        return CIRIndex.load(folder), f"loaded from {folder}"
-    except (ValueError, OSError) as error:  # RetrievalError, or a missing optional backend
+        recorded = check_index(folder).source
+        index = CIRIndex.load(
+            folder,
+            expect_dim=info.width,
+            expect_model=info.fingerprint() if recorded.model_fingerprint else None,
+            expect_gallery=gallery_fingerprint(gallery) if recorded.gallery_fingerprint else None,
+            model=info.name,
+        )
+    except (ValueError, OSError) as error:  # RetrievalError (IndexMismatchError), or a missing optional backend
         raise AppError(f"--index {folder}: {error}") from None
+    return index, f"loaded from {folder} ({index.backend})"
 
 
 def load_catalogue(
     options: AppOptions, dataset: OpenedDataset, model, processor, config: str, index_dir: Path | None,
-    fingerprint: Callable[[], str], files_dir: Path,
+    info: ModelInfo, files_dir: Path,
 ) -> Catalogue:  # fmt: skip
     gallery = load_gallery(dataset, config, options.split)
     if index_dir is not None:
-        index, source = load_index(index_dir)
+        index, source = load_index(index_dir, gallery, info)
     else:
-        index, source = build_index(options, model, processor, config, gallery, fingerprint)
+        index, source = build_index(options, model, processor, config, gallery, info)
     images = [item["bytes"] for item in gallery.cast_column("image", datasets.Image(decode=False))["image"]]
     return Catalogue(config, list(gallery["image_id"]), images, index, source, files_dir)
 

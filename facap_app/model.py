@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import torch
+from PIL import Image
 
-import eval_cir
+from facap_eval import EvalError, resolve_device
 from modeling_fashionblip2 import ModelLoadError, load_pretrained
 
 from .errors import AppError
@@ -14,8 +15,8 @@ from .options import DEFAULT_MODEL
 
 def select_device(name: str | None) -> torch.device:
     try:
-        return eval_cir.resolve_device(name)
-    except eval_cir.EvalError as error:
+        return resolve_device(name)
+    except EvalError as error:
         raise AppError(f"--device {error}") from None
 
 
@@ -27,3 +28,10 @@ def load_model(name: str, device: torch.device, *, trust_remote_code: bool = Fal
         hint = "; `make demo` trains it" if name == DEFAULT_MODEL else ""
         raise AppError(f"model {error}{hint}") from None
     return model.to(device).eval(), processor
+
+
+@torch.inference_mode()
+def embedding_width(model, processor, device: torch.device) -> int:
+    """D, the width of the model's candidate embeddings (what an index must hold), from one blank image."""
+    pixel_values = processor(images=[Image.new("RGB", (32, 32))], return_tensors="pt")["pixel_values"].to(device)
+    return model.get_candidate_embeddings(pixel_values).shape[-1]

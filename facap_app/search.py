@@ -13,7 +13,6 @@ from PIL import Image
 from facap_dataset.images import load_rgb
 
 from .catalogue import Catalogue
-from .errors import AppError
 
 # References are shrunk to this longest side before anything else: the processor resizes to the model's input
 # size anyway, and a 50-megapixel photo would otherwise cost seconds and hundreds of MB per query.
@@ -69,17 +68,6 @@ class SearchEngine:
             attention_mask=inputs["attention_mask"],
         )
         return embeddings, False
-
-    def check_dimensions(self) -> None:
-        """Refuse, at start-up, an index whose embeddings the model cannot have made (another model's index)."""
-        probe, _ = self.encode_query(Image.new("RGB", (32, 32)), "")
-        for catalogue in self.catalogues.values():
-            width = catalogue.index.embeddings.shape[1]
-            if width != probe.shape[-1]:
-                raise AppError(
-                    f"the {catalogue.config} index ({catalogue.index_source}) holds {width}-d embeddings but the "
-                    f"model makes {probe.shape[-1]}-d ones: it was built with another model"
-                )
 
     def search(self, image: Image.Image, text: str, category: str, k: int) -> Hits:
         catalogue = self.catalogues[category]

@@ -10,9 +10,9 @@ import gradio as gr
 from facap_dataset.loading import open_dataset
 from facap_retrieval.cache import model_fingerprint
 
-from .catalogue import gallery_configs, load_catalogue, load_examples, parse_index_options
+from .catalogue import ModelInfo, gallery_configs, load_catalogue, load_examples, parse_index_options
 from .errors import AppError
-from .model import load_model, select_device
+from .model import embedding_width, load_model, select_device
 from .options import DEFAULT_DATASET, AppOptions
 from .search import SearchEngine
 from .ui import THEME, build_ui
@@ -35,14 +35,14 @@ def create_app(options: AppOptions, files_dir: Path) -> tuple[gr.Blocks, SearchE
     index_dirs = parse_index_options(options.indexes, configs)
     device = select_device(options.device)
     model, processor = load_model(options.model, device, trust_remote_code=options.trust_remote_code)
-    # Hashing the weights costs seconds for a BLIP-2-sized model: once, and only if some gallery is encoded.
+    # Hashing the weights costs seconds for a BLIP-2-sized model: once, and only when an index needs it.
     fingerprint = functools.cache(lambda: model_fingerprint(model, processor))
+    info = ModelInfo(options.model, embedding_width(model, processor, device), fingerprint)
     catalogues = {}
     for config in configs:
-        catalogue = load_catalogue(options, dataset, model, processor, config, index_dirs.get(config), fingerprint, files_dir)
+        catalogue = load_catalogue(options, dataset, model, processor, config, index_dirs.get(config), info, files_dir)
         catalogues[catalogue.category] = catalogue
     engine = SearchEngine(model, processor, device, catalogues, files_dir)
-    engine.check_dimensions()
     examples = load_examples(options, dataset, list(catalogues), files_dir)
     note = f"Model `{options.model}` on **{device.type}** · dataset `{options.dataset}` ({options.split} split)\n" + "\n".join(
         f"- {c.category}: {len(c.ids)} images, index {c.index_source}" for c in catalogues.values()

@@ -108,15 +108,20 @@ def test_saved_index_is_searched_without_encoding_the_gallery(demo_app, tiny_mod
     assert f"--index toptee-gallery={saved}" in capsys.readouterr().out
     cache = tmp_path / "fresh-cache"
     loaded = create_app(app_args(tiny_model_dir, synthetic_dir, cache, *common[4:], "--index", str(saved)), tmp_path)[1]
-    assert loaded.catalogues["toptee"].index_source == f"loaded from {saved}"
+    assert loaded.catalogues["toptee"].index_source == f"loaded from {saved} (exact)"
     assert torch.equal(loaded.catalogues["toptee"].index.embeddings, engine.catalogues["toptee"].index.embeddings)
     assert not cache.exists()  # nothing was encoded, so nothing was cached
 
 
 def test_index_of_another_gallery_or_model_is_refused(demo_app, tiny_model_dir, synthetic_dir, tmp_path):
     engine = demo_app[2]
-    shirts = engine.catalogues["shirt"].index.save(tmp_path / "shirt-index")
+    shirts = engine.catalogues["shirt"].index.save(tmp_path / "shirt-index")  # records its gallery's fingerprint
     args = app_args(tiny_model_dir, synthetic_dir, tmp_path, "--config", "dress-gallery", "--index", str(shirts))
+    with pytest.raises(AppError, match=r"built from gallery .*shirt-gallery validation .* differs from the gallery in use"):
+        create_app(args, tmp_path / "files")
+    shirt = engine.catalogues["shirt"].index
+    CIRIndex.build(shirt.embeddings, shirt.ids).save(tmp_path / "bare-shirt-index")  # records nothing: ids checked
+    args = app_args(tiny_model_dir, synthetic_dir, tmp_path, "--config", "dress-gallery", "--index", str(tmp_path / "bare-shirt-index"))
     with pytest.raises(AppError, match="not in gallery dress-gallery"):
         create_app(args, tmp_path / "files")
     dress = engine.catalogues["dress"].index
