@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
+from facap_io.atomic import check_writable
 from facap_io.paths import inside
 
 from .errors import USER_ERRORS
@@ -18,6 +19,8 @@ def serve(argv: Sequence[str] | None = None) -> int:
     options = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="facap-app-") as files_dir:
         try:
+            if options.save_index is not None:  # checked before the galleries are encoded, not after
+                check_writable(options.save_index, what="--save-index", folder=True)
             demo, engine = create_app(options, Path(files_dir))
             if options.save_index is not None:
                 for catalogue in engine.catalogues.values():
