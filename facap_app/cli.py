@@ -1,4 +1,5 @@
-"""`facap-app` (and `python app.py`, `python -m facap_app`): serve the demo. Bad input is one `error:` line and exit code 2; a port in use, exit code 1."""
+"""`facap-app` (and `python app.py`, `python -m facap_app`): serve the demo, or `facap-app space DIR ...` to write
+a Hugging Face Space folder (`facap_app.space`). Bad input is one `error:` line and exit code 2; a port in use, exit code 1."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from facap_io.paths import inside
 from .errors import USER_ERRORS
 from .options import parse_args
 from .startup import create_app, launch
+
+SPACE_COMMAND = "space"
 
 
 def serve(argv: Sequence[str] | None = None) -> int:
@@ -39,4 +42,9 @@ def serve(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [SPACE_COMMAND]:
+        from .space import main as write_space
+
+        return write_space(argv[1:])
     return serve(argv)

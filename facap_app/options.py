@@ -59,7 +59,8 @@ def _env_help(option: str) -> str:
 def build_parser(environ: Mapping[str, str]) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="facap-app",
-        description="Interactive composed image retrieval demo: a Gradio app over an indexed catalogue.",
+        description="Interactive composed image retrieval demo: a Gradio app over an indexed catalogue. "
+        "`facap-app space DIR ...` writes a Hugging Face Space folder instead (see `facap-app space --help`).",
     )
     parser.add_argument("--model", default=environ.get(ENVIRONMENT["model"], DEFAULT_MODEL),
                         help="saved FashionBLIP-2 folder or Hub id (default: %(default)s)" + _env_help("model"))
