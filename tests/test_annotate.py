@@ -208,7 +208,7 @@ def test_modifications_in_facap_and_fashioniq_formats(tmp_path, stub):
 def test_invalid_replies_are_retried_then_rejected_and_reported(tmp_path):
     # Concurrency 1 and a unit's attempts run back to back, so the script is consumed record by record:
     # record 0 gets three invalid replies (rejected); record 1 two invalid ones, then a valid one (retried).
-    script = ["malformed", "two-sentences", "empty", "Make it like a blouse.", "empty"]
+    script = ["I'm sorry, I cannot help.", "two-sentences", "empty", "Make it like a blouse.", "empty"]
     with StubServer(script=script) as server:
         backend = _backend(server, concurrency=1)
         summary, path = annotate_modifications(_pairs(3), _captions(3), backend, load_template("modification"),

@@ -1,4 +1,4 @@
-"""The two-stage annotation pipeline (DESIGN 2): pair mining, stage-1 VLM captions, stage-2 LLM
+"""The two-stage annotation pipeline: pair mining, stage-1 VLM captions, stage-2 LLM
 modification texts, and the enhFashionIQ run, with resumable caching and output validation."""
 
 from .backends import Backend, BackendError, BackendOptions, Reply, Request, make_backend

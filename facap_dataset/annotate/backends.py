@@ -1,9 +1,9 @@
 """What the pipeline asks of a model backend, and the factory that builds one from command-line choices.
 
 A backend turns a list of `Request`s into one `Reply` per request. Transport failures that survive the
-backend's own retries raise `BackendError` and stop the run (finished records are already cached); a
-reply that arrives but cannot be used (malformed JSON, no content) is a `Reply` with a `problem`, which
-the runner retries and eventually reports like any invalid answer.
+backend's own retries raise `BackendError` and stop the run (finished records are already cached). A
+server reply that is not a completion at all (invalid JSON, an HTML page, no choices, no text) is such a
+transport failure, never an answer: answers alone are validated, cached and possibly rejected.
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ class Request:
 @dataclass(frozen=True)
 class Reply:
     text: str = ""
-    problem: str | None = None
 
 
 class Backend(Protocol):
@@ -53,11 +52,12 @@ class Backend(Protocol):
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """Command-line backend choices; the fields of the other backend are ignored."""
+    """Command-line backend choices; the fields of the other backend are ignored. `base_url` is one URL, a
+    comma list or a tuple of either (several servers); `concurrency` is per server."""
 
     backend: str
     model: str
-    base_url: str | None = None
+    base_url: str | tuple[str, ...] | None = None
     concurrency: int = 8
     timeout: float = 120.0
     max_retries: int = 4
@@ -72,6 +72,10 @@ class BackendOptions:
             raise BackendError(f"unknown backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
         if self.backend == "openai" and not self.base_url:
             raise BackendError("--backend openai needs --base-url (e.g. http://localhost:8000/v1)")
+        if self.backend == "openai":
+            from .servers import parse_base_urls  # here: servers.py imports this module
+
+            parse_base_urls(self.base_url)  # a malformed URL fails now, before any work
 
 
 def make_backend(options: BackendOptions, task: str) -> Backend:

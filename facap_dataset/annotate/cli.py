@@ -42,11 +42,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def _add_pairs(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("pairs", help="mine reference/target pairs by image-embedding similarity",
                                  description="Mine pairs within one category of a built dataset folder.")
-    parser.add_argument("--dataset", required=True, type=Path, help="built dataset folder (DESIGN 3.2)")
+    parser.add_argument("--dataset", required=True, type=Path, help="built dataset folder (from `facap_dataset build`)")
     parser.add_argument("--config", required=True, help="category config, e.g. dress (its gallery is used)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--model", required=True,
                         help="image model dir or id: a FashionBLIP-2 folder or any CLIP-like model")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="allow running code shipped with --model (its auto_map); never needed for FashionBLIP-2 "
+                             "folders while modeling_fashionblip2 is installed")
     parser.add_argument("--out", required=True, type=Path, help="pairs JSON file to write")
     parser.add_argument("--min-similarity", type=float, default=0.5)
     parser.add_argument("--max-similarity", type=float, default=0.95,
@@ -110,12 +113,15 @@ def _add_stage_args(parser: argparse.ArgumentParser, rules: OutputRules, stage: 
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--backend", required=True, choices=BACKENDS)
     parser.add_argument("--model", required=True, help="model id/dir (transformers) or served model name (openai)")
-    parser.add_argument("--base-url", help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 "
-                                           "(API key from OPENAI_API_KEY)")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (openai)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request (openai)")
+    parser.add_argument("--base-url", action="append",
+                        help="OpenAI-compatible endpoint, e.g. http://localhost:8000/v1 (API key from "
+                             "OPENAI_API_KEY); several servers: repeat the option or give a comma list")
+    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight per server (openai)")
+    parser.add_argument("--timeout", type=float, default=120.0,
+                        help="total deadline in seconds for one request, however slowly the reply comes (openai)")
     parser.add_argument("--max-retries", type=int, default=4,
-                        help="transport retries per request, with exponential back-off (openai)")
+                        help="failures in a row after which a server is given up, each followed by an "
+                             "exponential back-off out of rotation (openai)")
     parser.add_argument("--batch-size", type=int, default=8, help="prompts per generate call (transformers)")
     parser.add_argument("--device", help="device of the local pipeline, e.g. cuda:0 (transformers)")
     parser.add_argument("--max-new-tokens", type=int, default=256)
@@ -140,7 +146,7 @@ def run_pairs(args: argparse.Namespace) -> int:
                             args.max_uses, args.seed)
     source = DatasetImages(args.dataset, args.config, args.split)
     pairs, skipped = mine_pairs(source, args.model, options, batch_size=args.batch_size, device=args.device,
-                                progress=not args.no_progress)
+                                progress=not args.no_progress, trust_remote_code=args.trust_remote_code)
     category = args.config.removesuffix("-gallery")
     write_pairs(args.out, pairs, category=category, split=args.split, source=str(args.dataset), model=args.model,
                 options=options, skipped=skipped)
@@ -213,7 +219,8 @@ def run_enhance(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------------------------------------- helpers
 def _backend_options(args: argparse.Namespace, model: str | None = None) -> BackendOptions:
     return BackendOptions(
-        backend=args.backend, model=model or args.model, base_url=args.base_url, concurrency=args.concurrency,
+        backend=args.backend, model=model or args.model, base_url=tuple(args.base_url or ()) or None,
+        concurrency=args.concurrency,
         timeout=args.timeout, max_retries=args.max_retries, max_new_tokens=args.max_new_tokens,
         temperature=args.temperature, batch_size=args.batch_size, device=args.device,
     )

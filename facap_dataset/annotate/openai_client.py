@@ -1,34 +1,43 @@
 """A client for any OpenAI-compatible chat-completions endpoint (vLLM, TGI, llama.cpp, OpenAI).
 
-Plain httpx rather than the `openai` package: one POST route is all the pipeline needs, and httpx is
-already a dependency of huggingface_hub. Thread-safe: the runner calls `generate` from `concurrency`
-worker threads that share one connection pool.
+httpcore (httpx's transport layer) rather than the `openai` package: one POST route is all the pipeline
+needs. httpcore rather than httpx itself because it takes a network backend, through which `--timeout`
+becomes a total deadline per request (`deadline.py`); httpx's timeouts are per read. Thread-safe: the
+runner calls `generate` from `concurrency` worker threads that share one connection pool.
 """
 
 from __future__ import annotations
 
 import base64
-import random
-import time
+import json
 from typing import Any, Sequence
 
-import httpx
+import httpcore
 
 from ..images import encode_jpeg
 from .backends import BackendError, Reply, Request
+from .deadline import DeadlineBackend, Deadlines
+from .servers import ServerPool, parse_base_urls, retry_after_seconds
 
 # Statuses worth retrying: rate limiting and server-side failures. Any other 4xx is the caller's mistake.
 RETRY_STATUSES = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+# Statuses whose `Retry-After` header, when present, sets how long the server is out of rotation.
+RETRY_AFTER_STATUSES = frozenset({429, 503})
 # Retries of an invalid answer sample a little, so they do not get the same answer back.
 RETRY_TEMPERATURE = 0.7
+# Failures of the connection itself (refused, reset, cut short, timed out): worth retrying.
+TRANSPORT_ERRORS = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError)
 
 
 class OpenAIBackend:
+    """`base_url`: one server or several (a comma list or a sequence); `concurrency` requests in flight per
+    server, spread least-in-flight first (`servers.py`)."""
+
     batch_size = 1
 
     def __init__(
         self,
-        base_url: str,
+        base_url: str | Sequence[str],
         model: str,
         *,
         api_key: str | None = None,
@@ -44,19 +53,21 @@ class OpenAIBackend:
                 f"need concurrency >= 1, max_retries >= 0, timeout > 0 and backoff >= 0; got {concurrency}, "
                 f"{max_retries}, {timeout}, {backoff}"
             )
+        urls = [url.rstrip("/") + "/chat/completions" for url in parse_base_urls(base_url)]
         self.model = model
-        self.concurrency = concurrency
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.max_retries = max_retries
-        self.backoff = backoff
+        self.concurrency = concurrency * len(urls)
         self.max_tokens = max_tokens
         self.temperature = temperature
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            headers=headers,
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
-        )
+        self.timeout = timeout
+        self.servers = ServerPool(urls, per_server=concurrency, max_retries=max_retries, backoff=backoff,
+                                  longest_wait=timeout)
+        self._headers = [(b"Content-Type", b"application/json"), (b"Accept", b"application/json")]
+        if api_key:
+            self._headers.append((b"Authorization", f"Bearer {api_key}".encode()))
+        self._deadlines = Deadlines()
+        self._pool = httpcore.ConnectionPool(max_connections=self.concurrency,
+                                             max_keepalive_connections=self.concurrency,
+                                             network_backend=DeadlineBackend(self._deadlines))
 
     def generate(self, requests: Sequence[Request], attempt: int) -> list[Reply]:
         return [self._complete(request, attempt) for request in requests]
@@ -79,37 +90,88 @@ class OpenAIBackend:
         }
 
     def _complete(self, request: Request, attempt: int) -> Reply:
-        payload = self._payload(request, attempt)
-        failure = ""
-        for retry in range(self.max_retries + 1):
-            if retry:
-                # Exponential back-off with jitter, so many workers do not hammer a recovering server together.
-                time.sleep(self.backoff * 2 ** (retry - 1) * (0.5 + random.random()))
+        """The reply from the first server that gives one; BackendError once every server is past the budget."""
+        body = json.dumps(self._payload(request, attempt)).encode("utf-8")
+        while True:
+            lease = self.servers.acquire()
             try:
-                response = self._client.post(self.url, json=payload)
-            except httpx.TransportError as error:
-                failure = f"{type(error).__name__}: {error}"
+                text = self._exchange(lease.server.url, body)
+            except ServerFailure as failure:
+                self.servers.failed(lease, str(failure), failure.retry_after)
                 continue
-            if response.status_code in RETRY_STATUSES:
-                failure = f"HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code != 200:
-                raise BackendError(
-                    f"{self.url} refused the request with HTTP {response.status_code}: {response.text[:300]}"
-                )
-            return parse_reply(response)
-        raise BackendError(f"{self.url} failed {self.max_retries + 1} times; last error: {failure}")
+            except BaseException:
+                self.servers.release(lease)
+                raise
+            self.servers.succeeded(lease)
+            return Reply(text=text)
+
+    def _exchange(self, url: str, body: bytes) -> str:
+        """One POST: the completion's text; ServerFailure when a retry (here or elsewhere) may do better."""
+        try:
+            response = self._post(url, body)
+        except httpcore.TimeoutException:
+            raise ServerFailure(f"timed out: no complete reply within the deadline of {self.timeout:g} s "
+                                "(--timeout)") from None
+        except TRANSPORT_ERRORS as error:
+            raise ServerFailure(f"{type(error).__name__}: {error}") from None
+        if response.status in RETRY_STATUSES:
+            waited = None
+            if response.status in RETRY_AFTER_STATUSES:
+                waited = retry_after_seconds(_header(response, b"retry-after"))
+            raise ServerFailure(f"HTTP {response.status}: {_shown(response.content, 200)}", waited)
+        if response.status != 200:
+            raise BackendError(f"{url} refused the request with HTTP {response.status}: {_shown(response.content, 300)}")
+        return parse_reply(response.content)
+
+    def _post(self, url: str, body: bytes) -> httpcore.Response:
+        """One exchange, over by `timeout` seconds after it starts, however the server sends its reply."""
+        timeouts = dict.fromkeys(("connect", "read", "write", "pool"), self.timeout)
+        with self._deadlines.limit(self.timeout):
+            return self._pool.request("POST", url, headers=self._headers, content=body,
+                                      extensions={"timeout": timeouts})
 
     def close(self) -> None:
-        self._client.close()
+        self._pool.close()
 
 
-def parse_reply(response: httpx.Response) -> Reply:
-    """The first choice's message content, or a Reply naming what is wrong with the response."""
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    for key, value in response.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class ServerFailure(Exception):
+    """An exchange that failed on the server's side; `retry_after` is the server's own wait, if it gave one."""
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+def _shown(body: bytes, limit: int) -> str:
+    return repr(body[:limit].decode("utf-8", errors="replace"))
+
+
+class MalformedReply(ServerFailure):
+    """A 200 reply that is not a chat completion: a broken server or proxy, not an answer to judge. It is a
+    transport failure (retried, then the run stops), so nothing about it reaches the cache."""
+
+
+def parse_reply(body: bytes) -> str:
+    """The first choice's message content of a chat-completion body; MalformedReply (one line) otherwise."""
+    shown = _shown(body, 120)
     try:
-        content = response.json()["choices"][0]["message"]["content"]
-    except (ValueError, KeyError, IndexError, TypeError) as error:
-        return Reply(problem=f"malformed reply ({type(error).__name__}): {response.text[:120]!r}")
+        data = json.loads(body)
+    except ValueError:
+        raise MalformedReply(f"malformed reply (not JSON): {shown}") from None
+    if not isinstance(data, dict):
+        raise MalformedReply(f"malformed reply (a JSON {type(data).__name__}, not an object): {shown}")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise MalformedReply(f"malformed reply (no choices): {shown}")
+    message = choices[0].get("message")
+    content = message.get("content") if isinstance(message, dict) else None
     if not isinstance(content, str):
-        return Reply(problem=f"malformed reply: content is {type(content).__name__}, not text")
-    return Reply(text=content)
+        raise MalformedReply(f"malformed reply (message content is {type(content).__name__}, not text): {shown}")
+    return content

@@ -1,8 +1,10 @@
 """Pair mining: for each reference image, targets of the same category that look similar but are not
 near-duplicates, from the embeddings of any image model.
 
-The model is loaded through transformers' Auto classes with `trust_remote_code=True`: a saved
-FashionBLIP-2 folder (its `get_candidate_embeddings`) or any CLIP-like model (`get_image_features`).
+The model is a saved FashionBLIP-2 folder (its `get_candidate_embeddings`) or any CLIP-like model
+(`get_image_features`). No code from the model folder runs unless the caller trusts it: a FashionBLIP-2
+folder loads through the installed `modeling_fashionblip2` classes, anything else through transformers'
+Auto classes, with `trust_remote_code` only when asked for.
 Selection is deterministic for a seed: references are visited in a seeded order and each takes up to
 `pairs_per_image` targets at random among its `top_k` most similar images inside the similarity band,
 while no image appears in more than `max_uses` pairs (either role).
@@ -10,6 +12,7 @@ while no image appears in more than `max_uses` pairs (either role).
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,10 +21,12 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from facap_io import write_json
+
 from ..errors import DataError
 from ..images import load_rgb
 from .backends import BackendError
-from .sources import PAIRS_FORMAT, write_json
+from .sources import PAIRS_FORMAT
 
 
 @dataclass(frozen=True)
@@ -51,28 +56,79 @@ class MinedPair:
 
 
 # ------------------------------------------------------------------------------------------- embeddings
-def load_image_model(name_or_path: str, device: str | torch.device = "cpu") -> tuple[Any, Any]:
-    """Model and image processor; a model that cannot be loaded (e.g. an id not cached offline) is a
-    BackendError naming it."""
-    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+FASHIONBLIP2_MODEL_TYPE = "fashionblip2"
+# The package whose classes load a FashionBLIP-2 folder without running the folder's copy of its code.
+FASHIONBLIP2_PACKAGE = "modeling_fashionblip2"
 
-    try:
-        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=True)
-    except (OSError, ValueError, KeyError) as error:
-        raise BackendError(f"cannot load image model {name_or_path!r} (offline?): {error}") from error
+
+def load_image_model(name_or_path: str, device: str | torch.device = "cpu", *, trust_remote_code: bool = False,
+                     ) -> tuple[Any, Any]:
+    """Model and image processor. A folder or repo that ships its own code (`auto_map`) is refused unless
+    `trust_remote_code`; a model that cannot be loaded (e.g. an id not cached offline) is a BackendError."""
+    settings = _config_dict(name_or_path)
+    if settings.get("model_type") == FASHIONBLIP2_MODEL_TYPE:
+        model, processor = _load_fashionblip2(name_or_path, trust_remote_code)
+    else:
+        auto_map = settings.get("auto_map")
+        if auto_map and not trust_remote_code:
+            raise BackendError(
+                f"model {name_or_path!r} ships its own code (auto_map: {', '.join(sorted(auto_map))}), which is not "
+                "run without consent: pass --trust-remote-code if you trust it"
+            )
+        model, processor = _load_auto(name_or_path, trust_remote_code)
     if not (hasattr(model, "get_candidate_embeddings") or hasattr(model, "get_image_features")):
         raise BackendError(
             f"model {name_or_path!r} ({type(model).__name__}) has neither get_candidate_embeddings nor "
             "get_image_features"
         )
+    return model.to(device).eval(), processor
+
+
+def _config_dict(name_or_path: str) -> dict[str, Any]:
+    """The model's config.json as a dict: reading it runs no code."""
+    from transformers import PretrainedConfig
+
     try:
-        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+        settings, _ = PretrainedConfig.get_config_dict(name_or_path)
+    except (OSError, ValueError) as error:
+        raise BackendError(f"cannot load image model {name_or_path!r} (offline?): {error}") from error
+    return settings
+
+
+def _load_fashionblip2(name_or_path: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    try:
+        # By name, not a static import: the dataset package does not depend on the model package. When that
+        # package is installed, its classes load the folder and the folder's own copy of the code never runs.
+        package = importlib.import_module(FASHIONBLIP2_PACKAGE)
+    except ImportError:
+        if not trust_remote_code:
+            raise BackendError(
+                f"model {name_or_path!r} is a FashionBLIP-2 folder and the {FASHIONBLIP2_PACKAGE} package is not "
+                "installed: install it, or pass --trust-remote-code to run the folder's own code"
+            ) from None
+        return _load_auto(name_or_path, trust_remote_code=True)
+    try:
+        return (package.FashionBlip2Model.from_pretrained(name_or_path),
+                package.FashionBlip2Processor.from_pretrained(name_or_path))
+    except (OSError, ValueError, KeyError) as error:
+        raise BackendError(f"cannot load FashionBLIP-2 model {name_or_path!r}: {error}") from error
+
+
+def _load_auto(name_or_path: str, trust_remote_code: bool) -> tuple[Any, Any]:
+    from transformers import AutoImageProcessor, AutoModel, AutoProcessor
+
+    try:
+        model = AutoModel.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as error:
+        raise BackendError(f"cannot load image model {name_or_path!r} (offline?): {error}") from error
+    try:
+        processor = AutoProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, TypeError):
         try:
-            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=True)
+            processor = AutoImageProcessor.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
         except (OSError, ValueError, KeyError) as error:
             raise BackendError(f"cannot load an image processor for {name_or_path!r}: {error}") from error
-    return model.to(device).eval(), processor
+    return model, processor
 
 
 @torch.inference_mode()
@@ -161,9 +217,10 @@ def select_pairs(ids: list[str], neighbours: list[list[tuple[int, float]]], opti
 
 
 def mine_pairs(source: Any, model_name: str, options: MiningOptions, *, batch_size: int = 32,
-               device: str = "cpu", progress: bool = True) -> tuple[list[MinedPair], dict[str, str]]:
+               device: str = "cpu", progress: bool = True, trust_remote_code: bool = False,
+               ) -> tuple[list[MinedPair], dict[str, str]]:
     """Mined pairs, and the images skipped because they do not decode ({id: reason})."""
-    model, processor = load_image_model(model_name, device)
+    model, processor = load_image_model(model_name, device, trust_remote_code=trust_remote_code)
     ids, embeddings, skipped = embed_source(source, model, processor, batch_size=batch_size, progress=progress)
     return select_pairs(ids, band_neighbours(embeddings, options), options), skipped
 

@@ -188,7 +188,7 @@ def _annotate_unit(unit: Sequence[Job], backend: Backend, settings: RunSettings)
         for (outcome, request), reply in zip(active, replies, strict=True):
             outcome.attempts = attempt + 1
             text = clean_output(reply.text)
-            reason = reply.problem or check_output(text, settings.rules, outcome.job.category)
+            reason = check_output(text, settings.rules, outcome.job.category)
             if reason is None:
                 outcome.status, outcome.text, outcome.reason = OK, text, None
                 outcomes.append(outcome)

@@ -1,6 +1,6 @@
 """Inputs and outputs of the pipeline: image sources, pairs files, and FACap / Fashion IQ output files.
 
-Formats (DESIGN 3.1): FACap's `image_captions/{cat}_{split}_captions.json` maps an image id to its stage-1
+Formats: FACap's `image_captions/{cat}_{split}_captions.json` maps an image id to its stage-1
 caption and `cir_triplets/{cat}_{split}_triplets.json` lists `{"candidate", "target", "captions": [text]}`;
 Fashion IQ's `captions/cap.{cat}.{split}.json` has the same entries. A pairs file is either what
 `annotate pairs` writes (an object with metadata and `pairs`) or any FACap / Fashion IQ triplet list.
@@ -9,13 +9,13 @@ Fashion IQ's `captions/cap.{cat}.{split}.json` has the same entries. A pairs fil
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Protocol
 
-from ..errors import DataError, MissingImageError, SchemaError
+import facap_io
+
+from ..errors import DataError, MissingImageError, SchemaError, UnsafePathError
 from ..images import safe_image_path
 from ..schema import gallery_config, is_gallery_config
 
@@ -70,7 +70,7 @@ class FolderImages:
 
 
 class DatasetImages:
-    """The gallery images of one config and split of a built dataset folder (DESIGN 3.2)."""
+    """The gallery images of one config and split of a built dataset folder."""
 
     def __init__(self, dataset_dir: str | Path, config: str, split: str):
         import datasets
@@ -135,6 +135,9 @@ def read_pairs(path: str | Path) -> PairsFile:
         if data.get("format") != PAIRS_FORMAT or not isinstance(data.get("pairs"), list):
             raise SchemaError(f"{path} is neither a pairs file ({PAIRS_FORMAT}) nor a triplet list")
         category, split, entries = data.get("category"), data.get("split"), data["pairs"]
+        # They name output files: a hostile file must not steer a write out of --out.
+        category = None if category is None else plain(category, what=f"{path}: category")
+        split = None if split is None else plain(split, what=f"{path}: split")
     elif isinstance(data, list):
         entries = data
     else:
@@ -160,16 +163,34 @@ def pair_images(pairs: Iterable[Pair]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- outputs
+def plain(name: str, *, what: str) -> str:
+    """`name` when it can be a file-name component (a category, a split); else UnsafePathError naming it."""
+    try:
+        return facap_io.plain_name(name, what=what)
+    except facap_io.FacapError as error:
+        raise UnsafePathError(str(error)) from None
+
+
+def derived_path(root: str | Path, folder: str, name: str) -> Path:
+    """`root/folder/name` for a file name made from data, checked to be a plain name and, symlinks followed,
+    to stay inside `root`."""
+    plain(name, what="file name")
+    try:
+        return facap_io.inside(root, folder, name, what="file")
+    except facap_io.FacapError as error:
+        raise UnsafePathError(str(error)) from None
+
+
 def captions_path(out: str | Path, category: str, split: str) -> Path:
-    return Path(out) / "image_captions" / f"{category}_{split}_captions.json"
+    return derived_path(out, "image_captions", f"{category}_{split}_captions.json")
 
 
 def triplets_path(out: str | Path, category: str, split: str) -> Path:
-    return Path(out) / "cir_triplets" / f"{category}_{split}_triplets.json"
+    return derived_path(out, "cir_triplets", f"{category}_{split}_triplets.json")
 
 
 def fashioniq_captions_path(out: str | Path, category: str, split: str) -> Path:
-    return Path(out) / "captions" / f"cap.{category}.{split}.json"
+    return derived_path(out, "captions", f"cap.{category}.{split}.json")
 
 
 def read_captions(path: str | Path, category: str | None, split: str | None) -> dict[str, str]:
@@ -193,19 +214,3 @@ def read_json(path: Path) -> Any:
         raise DataError(f"{path} does not exist") from None
     except (OSError, UnicodeDecodeError, ValueError) as error:
         raise SchemaError(f"{path} is not readable JSON: {error}") from None
-
-
-def write_json(path: str | Path, data: Any) -> Path:
-    """Write JSON through a temporary file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as file:
-            json.dump(data, file, ensure_ascii=False, indent=1)
-            file.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path

@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from facap_io import write_file, write_json
+
 from ..errors import DataError
 from ..images import load_rgb
 from .backends import Backend, Request
@@ -26,10 +28,11 @@ from .sources import (
     Pair,
     captions_path,
     check_known,
+    derived_path,
     fashioniq_captions_path,
     pair_images,
+    plain,
     triplets_path,
-    write_json,
 )
 from .validate import OutputRules
 
@@ -54,6 +57,9 @@ class StageRun:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # Both name output files: checked before any work, so a bad one costs nothing and writes nothing.
+        plain(self.category, what="category")
+        plain(self.split, what="split")
         if self.on_missing not in ON_MISSING:
             raise DataError(f"on_missing must be one of {', '.join(ON_MISSING)}, got {self.on_missing!r}")
 
@@ -74,6 +80,7 @@ def annotate_captions(source: Any, image_ids: list[str], backend: Backend, templ
                       run: StageRun) -> tuple[RunSummary, Path]:
     """Caption `image_ids` of `source` (FolderImages or DatasetImages); returns the summary and caption file."""
     image_ids = list(dict.fromkeys(image_ids))
+    path, report = captions_path(run.out, run.category, run.split), _report_path(run, template.name)
     known, missing = _split_missing(source, image_ids, run, origin="the image list")
     prompt = template.render(category=category_label(run.category))
     jobs = [_caption_job(source, image_id, prompt, run.category) for image_id in known]
@@ -81,8 +88,8 @@ def annotate_captions(source: Any, image_ids: list[str], backend: Backend, templ
         summary = run_jobs(jobs, backend, cache, run.settings(template))
     _add_missing(summary, missing)
     captions = {image_id: summary.results[image_id] for image_id in image_ids if image_id in summary.results}
-    path = write_json(captions_path(run.out, run.category, run.split), captions)
-    _write_report(run, summary)
+    write_json(path, captions)
+    _write_report(report, summary)
     return summary, path
 
 
@@ -103,6 +110,8 @@ def annotate_modifications(pairs: list[Pair], captions: dict[str, str], backend:
     if output_format not in OUTPUT_FORMATS:
         raise DataError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}")
     _refuse_repeated_pairs(pairs)
+    outputs = triplets_path if output_format == "facap" else fashioniq_captions_path
+    path, report = outputs(run.out, run.category, run.split), _report_path(run, template.name)
     uncaptioned = [image for image in pair_images(pairs) if image not in captions]
     if uncaptioned and run.on_missing == "error":
         shown = ", ".join(repr(i) for i in uncaptioned[:5])
@@ -126,12 +135,8 @@ def annotate_modifications(pairs: list[Pair], captions: dict[str, str], backend:
         for p in usable
         if _pair_id(p) in summary.results
     ]
-    if output_format == "facap":
-        path = triplets_path(run.out, run.category, run.split)
-    else:
-        path = fashioniq_captions_path(run.out, run.category, run.split)
     write_json(path, entries)
-    _write_report(run, summary)
+    _write_report(report, summary)
     return summary, path
 
 
@@ -194,9 +199,8 @@ def enhance_fashioniq(fashioniq_root: Path, images: Path, caption_backend: Backe
                                           output_format="fashioniq")
     split_file = Path(fashioniq_root) / "image_splits" / f"split.{run.category}.{run.split}.json"
     if split_file.is_file():
-        target = Path(run.out) / "image_splits" / split_file.name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(split_file, target)
+        target = derived_path(run.out, "image_splits", split_file.name)
+        write_file(target, lambda temporary: shutil.copyfile(split_file, temporary))
     return [stage1, stage2], path
 
 
@@ -215,6 +219,9 @@ def _add_missing(summary: RunSummary, missing: list[str]) -> None:
     summary.problems.extend({"id": image_id, "status": SKIPPED, "reason": "image not found"} for image_id in missing)
 
 
-def _write_report(run: StageRun, summary: RunSummary) -> Path:
-    path = Path(run.out) / "reports" / f"{summary.stage}_{run.category}_{run.split}.json"
+def _report_path(run: StageRun, stage: str) -> Path:
+    return derived_path(run.out, "reports", f"{stage}_{run.category}_{run.split}.json")
+
+
+def _write_report(path: Path, summary: RunSummary) -> Path:
     return write_json(path, {"summary": summary.counts(), "problems": summary.problems})

@@ -4,7 +4,10 @@ runs of the pipeline without a model: `python -m facap_dataset.annotate.stub --p
 Answers are derived from the prompt (a caption for image prompts, a one-sentence modification for text
 prompts). Behaviours for testing failure handling: `latency` (seconds per reply), `fail_first` (the first
 N requests get HTTP 500), and `script`, a list of per-request overrides consumed in order:
-"500", "malformed", "empty", "two-sentences", "slow:<seconds>" or any other string (sent as the answer).
+"500", "malformed" (a JSON body cut short), "raw:<body>" (HTTP 200 with exactly that body), "empty",
+"two-sentences", "slow:<seconds>", "trickle:<seconds>" (a valid reply sent a byte every 10 ms, for that
+long), "429:<retry-after>" / "503:<retry-after>" (that status with a `Retry-After` header) or any other
+string (sent as the answer). `arrivals` records when each request came in (time.monotonic()).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 _COLOURS = ("red", "navy blue", "black", "white", "emerald green", "mustard yellow", "pink", "grey")
 _CHANGES = ("with long sleeves", "sleeveless", "with a v-neck", "with a floral print", "in a shorter length",
             "with a fitted waist", "in soft cotton", "with side pockets")
+TRICKLE_INTERVAL = 0.01
 
 
 def canned_answer(prompt_text: str, has_image: bool) -> str:
@@ -48,6 +52,7 @@ class StubServer:
         self.fail_first = fail_first
         self.script = list(script or [])
         self.requests = 0
+        self.arrivals: list[float] = []
         self.payloads: list[dict[str, Any]] = []
         self.authorizations: list[str | None] = []
         self.in_flight = 0
@@ -92,6 +97,7 @@ class StubServer:
     def next_behaviour(self, payload: dict[str, Any], authorization: str | None) -> str | None:
         with self._lock:
             self.requests += 1
+            self.arrivals.append(time.monotonic())
             self.payloads.append(payload)
             self.authorizations.append(authorization)
             if self.requests <= self.fail_first:
@@ -132,8 +138,15 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
                 return self._send(500, b'{"error": "internal error"}')
             if behaviour == "malformed":
                 return self._send(200, b'{"choices": [{"message": {}}')
-            if behaviour and behaviour.startswith("slow:"):
-                time.sleep(float(behaviour.split(":", 1)[1]))
+            kind, _, value = (behaviour or "").partition(":")
+            if kind == "raw":
+                return self._send(200, value.encode("utf-8"))
+            if kind in ("429", "503"):
+                return self._send(int(kind), b'{"error": "busy"}', {"Retry-After": value})
+            trickle = float(value) if kind == "trickle" else 0.0
+            if kind == "slow":
+                time.sleep(float(value))
+            if kind in ("slow", "trickle"):
                 behaviour = None
             if isinstance(content, list):
                 text = " ".join(part.get("text", "") for part in content if part.get("type") == "text")
@@ -150,14 +163,36 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
                 "id": "stub", "object": "chat.completion", "model": payload.get("model", ""),
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
             }
-            self._send(200, json.dumps(reply).encode("utf-8"))
+            body = json.dumps(reply).encode("utf-8")
+            if trickle:
+                return self._trickle(body, trickle)
+            self._send(200, body)
 
-        def _send(self, status: int, body: bytes) -> None:
+        def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(body)
+
+        def _trickle(self, body: bytes, seconds: float) -> None:
+            """Headers at once, then a byte every 10 ms: each read is quick, the whole reply is not. The body is
+            padded with spaces (still valid JSON) so that it lasts `seconds`."""
+            body += b" " * max(0, int(seconds / TRICKLE_INTERVAL) - len(body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.flush()
+            try:
+                for index in range(len(body)):
+                    self.wfile.write(body[index : index + 1])
+                    self.wfile.flush()
+                    time.sleep(TRICKLE_INTERVAL)
+            except OSError:
+                pass  # the client gave up: exactly what a deadline should do
 
     return Handler
 
