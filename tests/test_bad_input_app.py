@@ -262,3 +262,20 @@ def test_uploads_leave_no_files_behind(tiny_model_dir, synthetic_dir, tmp_path):
         while any(p.exists() and p.suffix == ".png" for p in kept) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not any(p.exists() for p in kept if p.suffix == ".png")  # the references expired
+
+
+def test_a_server_path_that_was_not_uploaded_is_refused(api, good_reference, tmp_path):
+    """Through raw HTTP (gradio_client would upload a local path itself): a file payload naming a file on the
+    server that nobody uploaded is refused before the handler runs, and the server keeps serving."""
+    import httpx
+
+    private = tmp_path / "private.png"
+    Image.new("RGB", (16, 16), (200, 30, 30)).save(private)
+    url = f"{api.src.rstrip('/')}/gradio_api/call/search"
+    payload = {"data": [{"path": str(private), "meta": {"_type": "gradio.FileData"}}, "is red", "dress", 3]}
+    event = httpx.post(url, json=payload, timeout=30).json()["event_id"]
+    with httpx.stream("GET", f"{url}/{event}", timeout=60) as stream:
+        lines = [line for line in stream.iter_lines() if line]
+    assert lines[0] == "event: error" and not any("#1 · " in line for line in lines)
+    results, _ = api.predict(handle_file(str(good_reference)), "is red", "dress", 3, api_name="/search")
+    assert len(results["value"]) == 3
