@@ -14,6 +14,7 @@ from gradio.utils import get_upload_folder
 from facap_dataset.errors import DataError
 
 from .catalogue import Example
+from .components import ReferenceImage
 from .search import SearchEngine, read_reference
 
 BROWSE_PAGE_SIZE = 24
@@ -31,26 +32,6 @@ THEME = gr.themes.Soft(
     font=["ui-sans-serif", "system-ui", "sans-serif"],
     font_mono=["ui-monospace", "monospace"],
 )
-
-
-class ReferenceImage(gr.Image):
-    """The reference slot: shown like `gr.Image`, but its input reaches the handlers as the file's path, undecoded.
-
-    `gr.Image` decodes inputs inside Gradio, before any handler runs, so a text file or a 20000×20000 PNG sent
-    to `/search` through the API failed there with a bare exception; here the handler decodes the file with the
-    project's image rules and answers a `gr.Error` naming it.
-    """
-
-    @classmethod
-    def get_block_name(cls) -> str:
-        return "image"  # the browser renders it with gr.Image's front end
-
-    def preprocess(self, payload) -> str | None:
-        if payload is None:
-            return None
-        if payload.path is None:
-            raise gr.Error("The reference image arrived without a file; send it as a file.")
-        return str(payload.path)
 
 
 def result_caption(rank: int, image_id: str, score: float) -> str:
