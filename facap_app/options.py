@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -116,20 +116,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
                                  ("--num-examples", args.num_examples, 0), ("--upload-ttl", args.upload_ttl, 1)):
         if value < minimum:
             parser.error(f"{name} must be >= {minimum}, got {value}")
-    return AppOptions(
-        model=args.model,
-        dataset=args.dataset,
-        configs=_list_option(parser, "--config", args.configs, environ, "configs"),
-        split=args.split,
-        indexes=_list_option(parser, "--index", args.indexes, environ, "indexes") or (),
-        cache_dir=args.cache_dir,
-        save_index=args.save_index,
-        top_k=args.top_k,
-        num_examples=args.num_examples,
-        device=args.device,
-        batch_size=args.batch_size,
-        host=args.host,
-        port=args.port,
-        trust_remote_code=args.trust_remote_code,
-        upload_ttl=args.upload_ttl,
-    )
+    values = {field.name: getattr(args, field.name) for field in fields(AppOptions)}  # argparse dests = field names
+    values["configs"] = _list_option(parser, "--config", args.configs, environ, "configs")
+    values["indexes"] = _list_option(parser, "--index", args.indexes, environ, "indexes") or ()
+    return AppOptions(**values)
