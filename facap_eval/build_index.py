@@ -34,8 +34,8 @@ from facap_io.errors import FacapError
 from facap_retrieval.cache import gallery_fingerprint, model_fingerprint
 from facap_retrieval.index import BACKENDS, IndexOptions, IndexSource, build_index, check_destination
 
-from .cli import EXIT_BAD_INPUT, _notes_to_stderr, launched_accelerator
-from .distributed import check_same
+from .cli import EXIT_BAD_INPUT, _notes_to_stderr
+from .distributed import check_same, launched_accelerator, launched_processes
 from .errors import EvalError
 from .gallery import gallery_embeddings, gallery_ids
 from .model import load_model_and_processor, resolve_device
@@ -116,7 +116,9 @@ def run(plan: BuildPlan, args: argparse.Namespace) -> dict | None:
     """Build and write the index; returns a summary on the main process, None on the others."""
     check_destination(plan.out)
     check_writable(plan.out.parent, what="--out's parent folder", folder=True)
-    accelerator = launched_accelerator(args.device)
+    if args.device is not None and launched_processes() > 1:
+        raise EvalError(f"--device {args.device} cannot be combined with a multi-process launch: each process uses its own")
+    accelerator = launched_accelerator()
     runtime = Runtime(batch_size=args.batch_size, precision=args.precision, num_workers=args.num_workers,
                       progress=not args.no_progress, cache_dir=args.cache_dir, accelerator=accelerator)  # fmt: skip
     gallery = load_gallery(plan)
@@ -182,8 +184,7 @@ def encoded_blocks(model, processor, gallery, plan: BuildPlan, runtime: Runtime,
                    timer: _Timer) -> Iterator[tuple[torch.Tensor, list[str]] | None]:  # fmt: skip
     """`(embeddings (n, D) fp32, ids)` of each block of `plan.block_size` gallery rows on the main process,
     None on the others; every process must consume every block (each is a collective)."""
-    for start in range(0, len(gallery), plan.block_size):
-        rows = range(start, min(start + plan.block_size, len(gallery)))
+    for rows in block_ranges(len(gallery), plan.block_size, runtime.num_processes):
         block = gallery.select(rows)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -191,6 +192,15 @@ def encoded_blocks(model, processor, gallery, plan: BuildPlan, runtime: Runtime,
                                           run=runtime, model_fp=model_fp)  # fmt: skip
         timer.seconds += time.perf_counter() - started
         yield None if embedded is None else (embedded.embeddings.float().cpu(), list(embedded.ids))
+
+
+def block_ranges(size: int, block_size: int, processes: int) -> list[range]:
+    """Contiguous blocks of `block_size` rows covering `range(size)`; a last block shorter than the number of
+    processes joins the one before it, so that every block gives each process a row when it can."""
+    starts = list(range(0, size, block_size))
+    if len(starts) > 1 and size - starts[-1] < processes:
+        starts.pop()
+    return [range(start, stop) for start, stop in zip(starts, starts[1:] + [size])]
 
 
 def folder_bytes(folder: Path) -> int:
