@@ -53,7 +53,7 @@ class ConfigResult:
     """One config's ranking and numbers (main process)."""
 
     data: ConfigData
-    gallery: GalleryEmbeddings
+    cache: str  # the gallery cache state
     ranking: Ranking
     subsets: cirr.SubsetRanking | None
     metrics: dict
@@ -106,13 +106,16 @@ def _evaluate(model, processor, dataset, configs, protocol: Protocol, run: Runti
     with _eval_mode(model):
         encoder = Encoder(model, processor, run, place_model(model, run.device, accelerator))
         model_fp = model_fingerprint(model, processor)
-        encoded = {name: _encode(encoder, data, mode, protocol, model_fp) for name, data in planned.items()}
-        if not run.is_main_process:
-            return None
-        results = {name: _score(model, data, *encoded[name], protocol) for name, data in planned.items()}
+        results = {}
+        for name, data in planned.items():  # one config at a time: its embeddings are freed before the next
+            gallery, queries = _encode(encoder, data, mode, protocol, model_fp)
+            if run.is_main_process:
+                results[name] = _score(model, data, gallery, queries, protocol)
+    if not run.is_main_process:
+        return None
     identity = {"model": _model_identity(model, model_fp), "dataset": dataset_identity(opened, dataset)}
     output = {
-        "protocol": _protocol_block(results, protocol, run, mode, str(encoder.device), identity),
+        "protocol": _protocol_block(results, protocol, run, mode, encoder.device.type, identity),
         "configs": {name: result.metrics for name, result in results.items()},
         "average": _average(results),
     }
@@ -185,7 +188,7 @@ def _score(model, data: ConfigData, gallery: GalleryEmbeddings, queries: torch.T
     if subsets is not None and not data.hidden_targets:
         metrics.update(cirr.subset_recall(subsets))
     metrics.update(num_queries=len(data.triplets), gallery_size=len(data.gallery_ids))
-    return ConfigResult(data, gallery, ranking, subsets, metrics)
+    return ConfigResult(data, gallery.cache, ranking, subsets, metrics)
 
 
 def _average(results: dict[str, ConfigResult]) -> dict | None:
@@ -248,7 +251,7 @@ def _protocol_block(results, protocol: Protocol, run: Runtime, mode: str, device
         "batch_size": run.batch_size,
         "model": identity["model"],
         "dataset": {**identity["dataset"], "gallery_fingerprints": per_config(lambda r: r.data.gallery_fingerprint)},
-        "gallery_cache": per_config(lambda r: r.gallery.cache),
+        "gallery_cache": per_config(lambda r: r.cache),
     }
     if first.benchmark == CIRR:
         block["subset_k_values"] = list(CIRR_SUBSET_K_VALUES)

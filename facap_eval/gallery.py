@@ -18,7 +18,7 @@ from facap_retrieval.cache import (
     save_cached_gallery,
 )
 
-from .distributed import gather_objects
+from .distributed import agree, gather_objects
 from .encoding import Encoder
 from .model import place_model
 from .protocol import Runtime
@@ -93,8 +93,6 @@ def embed_gallery(
     if all(gather_objects(run.accelerator, cached is not None)):
         return GalleryEmbeddings(cached.to(encoder.device), ids, fingerprint, "hit")
     embeddings = encoder.gallery(gallery, f"{name} gallery")
-    if run.is_main_process:
-        save_cached_gallery(run.cache_dir, key, embeddings, ids)
-    if run.accelerator is not None:
-        run.accelerator.wait_for_everyone()
+    # written once, by the main process; `agree` is also the barrier after which every process may read it
+    agree(run.accelerator, lambda: save_cached_gallery(run.cache_dir, key, embeddings, ids) if run.is_main_process else None)
     return GalleryEmbeddings(embeddings, ids, fingerprint, state)

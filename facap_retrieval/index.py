@@ -72,8 +72,10 @@ def _ids_hash(ids: Sequence[str]) -> str:
 
 
 # ------------------------------------------------------------------------------------------ embedding folders
-def _check_replaceable(directory: Path) -> None:
-    """Refuse to replace a path that is not ours to replace: a file, or a folder holding anything else."""
+def check_destination(directory: str | os.PathLike) -> None:
+    """Refuse (RetrievalError) a destination that is not ours to replace: a file, or a folder holding anything
+    but an index or embeddings. Called by every save, and by a builder before it starts encoding."""
+    directory = Path(directory)
     if directory.exists() and not directory.is_dir():
         raise RetrievalError(f"{directory} exists and is not a folder")
     if directory.is_dir() and any(directory.iterdir()):
@@ -95,7 +97,7 @@ def save_embeddings(directory: str | os.PathLike, embeddings: torch.Tensor, ids:
     if len(ids) != len(embeddings):
         raise RetrievalError(f"{len(ids)} ids for {len(embeddings)} embeddings")
     directory = Path(directory)
-    _check_replaceable(directory)
+    check_destination(directory)
     with staged_folder(directory) as staging:
         _write_embeddings(staging, embeddings, ids, metadata or {})
     return directory
@@ -472,7 +474,7 @@ class CIRIndex:
         """Write the index folder `directory` whole (manifest, ids, FAISS index, embeddings when kept),
         replacing a previous index there; a folder holding anything else is refused."""
         directory = Path(directory)
-        _check_replaceable(directory)
+        check_destination(directory)
         with staged_folder(directory) as staging:
             record = self.manifest(directory).to_json()
             if self.embeddings is not None:
