@@ -1,7 +1,9 @@
-"""`app.py --index DIR` serves whatever backend the index folder was built with (IVF-PQ included), and refuses a
-folder built by another model, naming both models."""
+"""`app.py --index DIR` serves an IVF-PQ index built by the index-building command (`python -m
+facap_eval.build_index`), without encoding the gallery, and refuses one built by another model, naming both."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,10 +12,8 @@ from facap_app import ui
 from facap_app.errors import AppError
 from facap_app.options import parse_args
 from facap_app.startup import create_app
-from facap_dataset.loading import open_dataset
-from facap_eval import Runtime, gallery_embeddings
+from facap_eval.build_index import main as build_index_main
 from facap_retrieval.cache import model_fingerprint
-from facap_retrieval.index import IndexOptions, IndexSource, build_index
 from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, load_pretrained
 
 pytest.importorskip("faiss")
@@ -21,18 +21,13 @@ pytest.importorskip("faiss")
 CONFIG = "dress-gallery"
 
 
-def saved_index(model_dir, dataset_dir, folder, backend: str):
-    """An index folder as the index-building command writes it: the gallery encoded by the model in `model_dir`,
-    streamed into `backend` in chunks (no fp32 copy kept), recording the model and gallery it came from."""
-    model, processor = load_pretrained(model_dir)
-    gallery = open_dataset(dataset_dir).load_split(CONFIG, "validation")
-    with torch.inference_mode():
-        embedded = gallery_embeddings(model, processor, gallery, name=CONFIG, run=Runtime(progress=False))
-    chunks = [(embedded.embeddings[i : i + 8], embedded.ids[i : i + 8]) for i in range(0, len(embedded.ids), 8)]
-    source = IndexSource(model_fingerprint(model, processor), str(model_dir), str(dataset_dir), CONFIG, "validation",
-                         embedded.fingerprint)  # fmt: skip
-    index = build_index(chunks, embedded.embeddings.shape[1], len(embedded.ids), IndexOptions(backend), source=source)
-    return index.save(folder)
+def saved_index(model_dir, dataset_dir, folder, backend: str) -> Path:
+    """An index folder written by the index-building command (`python -m facap_eval.build_index`)."""
+    code = build_index_main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--config", CONFIG,
+                             "--split", "validation", "--out", str(folder), "--backend", backend, "--block-size", "8",
+                             "--no-progress"])  # fmt: skip
+    assert code == 0
+    return folder
 
 
 def serve_args(model_dir, dataset_dir, index_dir, tmp_path):
