@@ -127,3 +127,24 @@ def test_space_command_refuses_a_non_empty_folder_and_a_bad_index(tmp_path, tiny
     assert "Space folder" in capsys.readouterr().err and (tmp_path / "taken" / "NOTES.md").read_text() == "mine"
     assert cli.main(["space", str(tmp_path / "new"), *common, "--index", f"dress-gallery={tmp_path / 'taken'}"]) == 2
     assert "is not an index folder" in capsys.readouterr().err and not (tmp_path / "new").exists()
+
+
+def test_space_with_an_index_copies_it_and_points_the_app_at_the_copy(tmp_path, tiny_model_dir, synthetic_dir):
+    from facap_eval.build_index import main as build_index_main
+    from facap_retrieval.index import check_index
+
+    index = tmp_path / "ivfpq"
+    assert build_index_main(["--model", str(tiny_model_dir), "--dataset", str(synthetic_dir), "--config", "dress-gallery",
+                             "--out", str(index), "--backend", "faiss-ivfpq", "--no-progress"]) == 0  # fmt: skip
+    out = tmp_path / "space"
+    assert cli.main(["space", str(out), "--model", str(tiny_model_dir), "--dataset", str(synthetic_dir),
+                     "--config", "dress-gallery", "--index", f"dress-gallery={index}"]) == 0  # fmt: skip
+    assert "faiss-cpu" in {Requirement(line).name for line in (out / "requirements.txt").read_text().split()}
+    env = {key: value for key, value in os.environ.items() if not key.startswith("FACAP_")}
+    # The defaults as the Space's app.py sets them, read from another working directory: paths follow the folder.
+    script = (f"import os, runpy; runpy.run_path({str(out / 'app.py')!r}, run_name='space'); "
+              "print(os.environ['FACAP_INDEX']); print(os.environ['FACAP_MODEL'])")  # fmt: skip
+    shown = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    index_value, model_value = shown.stdout.split()
+    assert index_value == f"dress-gallery={out / 'indexes' / 'dress-gallery'}" and model_value == str(out / "model")
+    assert check_index(out / "indexes" / "dress-gallery").backend == "faiss-ivfpq"
