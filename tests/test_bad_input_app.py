@@ -6,7 +6,6 @@ files behind: the received file is deleted at once and the reference kept for th
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import time
