@@ -1,4 +1,4 @@
-"""Query latency of the search demo (app.py) with the `demo`-preset model on CPU.
+"""Query latency of the search demo (app.py / facap_app) with the `demo`-preset model on CPU.
 
     python benchmarks/bench_app.py [--model DIR] [--dataset DIR] [--queries 50]
 
@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-
-import app  # noqa: E402
+from facap_app.catalogue import category_of
+from facap_app.options import parse_args
+from facap_app.startup import create_app
 
 TEXTS = ("is red with long sleeves", "make it striped and shorter", "has a v neck", "is navy and sleeveless")
 
@@ -73,14 +74,14 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         model_dir, dataset = (options.model, options.dataset) if options.model else build_defaults(scratch)
-        args = app.parse_args(
+        args = parse_args(
             ["--model", str(model_dir), "--dataset", str(dataset), "--config", options.config,
              "--device", "cpu", "--cache-dir", str(scratch / "cache")]
         )  # fmt: skip
         started = time.perf_counter()
-        _, engine = app.create_app(args, scratch / "files")
+        _, engine = create_app(args, scratch / "files")
         startup = time.perf_counter() - started
-        category = app.category_of(options.config)
+        category = category_of(options.config)
         catalogue = engine.catalogues[category]
         references = [catalogue.image(row) for row in range(min(10, len(catalogue.ids)))]
         queries = [(references[i % len(references)], TEXTS[i % len(TEXTS)]) for i in range(options.queries)]

@@ -1,14 +1,25 @@
-"""A small retrieval index over candidate embeddings, and the on-disk embedding format it shares with the
-evaluation's gallery cache.
+"""A retrieval index over candidate embeddings, the on-disk index folder, and the embedding format it shares
+with the evaluation's gallery cache.
 
-On disk an index (or a cached gallery) is a folder with `embeddings.safetensors` (one tensor, `(N, D)`,
-plus JSON metadata) and `ids.json` (the N gallery ids in row order). The safetensors metadata holds a hash
-of the ids, so a folder whose two files do not belong together is refused instead of silently misread.
+Backends: `exact` (chunked inner product + `torch.topk`, the default and the reference) and, with `faiss-cpu`
+installed, `faiss-flat` (exact inner product), `faiss-ivf` (inverted lists; `nlist`, `nprobe`), `faiss-ivfpq`
+(inverted lists of product-quantized codes: `m` bytes per vector at `nbits=8`, instead of `4 D` for fp32;
+`nlist`, `nprobe`, `m`, `nbits`) and `faiss-hnsw` (graph; `hnsw_m`, `ef_search`). The approximate ones trade
+recall for speed or memory on large catalogues: measure it with `recall_vs_exact`.
 
-Backends: `exact` (chunked inner product + `torch.topk`, the default and the reference) and, with
-`faiss-cpu` installed, `faiss-flat` (exact inner product), `faiss-ivf` (inverted lists; `nlist`,
-`nprobe`) and `faiss-hnsw` (graph; `hnsw_m`, `ef_search`). The approximate ones trade recall for speed on
-large catalogues: measure it with `recall_vs_exact`.
+An embedding folder (a cached gallery) holds `embeddings.safetensors` (one `(N, D)` tensor plus JSON metadata
+that includes a hash of the ids) and `ids.json` (the N gallery ids in row order), so a folder whose two files
+do not belong together is refused instead of silently misread.
+
+An index folder holds `index.json` (the manifest: backend and every parameter, embedding width, size, ids hash,
+and what the index was built from: model fingerprint, dataset, config, split, gallery fingerprint), `ids.json`,
+`index.faiss` for the FAISS backends (FAISS's own binary format, read by `faiss.read_index`; it carries data,
+never code) and `embeddings.safetensors` when the index keeps its fp32 embeddings (always for `exact`; for a
+FAISS backend only when asked, since keeping them undoes IVF-PQ's memory saving). A reader refuses a folder
+built by another model or of another width (`check_index`, `CIRIndex.load(..., expect_model=...)`), naming both.
+
+Folders are written whole: built in a hidden sibling and swapped in, so a killed write never leaves half an
+index, and an existing folder that holds anything but an index or embeddings is never replaced.
 """
 
 from __future__ import annotations
@@ -17,52 +28,86 @@ import hashlib
 import json
 import math
 import os
-import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from facap_io.atomic import staged_folder
 from facap_retrieval.ranking import RetrievalError, rank_gallery
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 IDS_FILE = "ids.json"
-BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-hnsw")
+MANIFEST_FILE = "index.json"
+FAISS_FILE = "index.faiss"
+INDEX_FORMAT = "facap-index-v2"
+BACKENDS = ("exact", "faiss-flat", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
+# The parameters each backend uses; the others are not recorded for it.
+BACKEND_PARAMETERS = {
+    "exact": (),
+    "faiss-flat": (),
+    "faiss-ivf": ("nlist", "nprobe"),
+    "faiss-ivfpq": ("nlist", "nprobe", "m", "nbits"),
+    "faiss-hnsw": ("hnsw_m", "ef_search"),
+}
+# Parameters that only steer the search: a loaded index takes new values without being rebuilt.
+SEARCH_PARAMETERS = ("nprobe", "ef_search")
+# FAISS's k-means wants this many training points per centroid; fewer trains poorer lists.
+_POINTS_PER_CENTROID = 39
+# Default IVF-PQ code: one byte per DIMS_PER_CODE dimensions (1/12 of fp32 at 3), see docs/scaling.md.
+DIMS_PER_CODE = 3
 _TENSOR_KEY = "embeddings"
 _METADATA_KEY = "facap"
+
+
+class IndexMismatchError(RetrievalError):
+    """An index folder built by another model, for another embedding width or from another gallery."""
 
 
 def _ids_hash(ids: Sequence[str]) -> str:
     return hashlib.sha256(json.dumps(list(ids)).encode()).hexdigest()
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Write through `write(temp_path)` to a temporary file in the same folder, then rename into place."""
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
+# ------------------------------------------------------------------------------------------ embedding folders
+def check_destination(directory: str | os.PathLike) -> None:
+    """Refuse (RetrievalError) a destination that is not ours to replace: a file, or a folder holding anything
+    but an index or embeddings. Called by every save, and by a builder before it starts encoding."""
+    directory = Path(directory)
+    if directory.exists() and not directory.is_dir():
+        raise RetrievalError(f"{directory} exists and is not a folder")
+    if directory.is_dir() and any(directory.iterdir()):
+        if not ((directory / MANIFEST_FILE).is_file() or (directory / EMBEDDINGS_FILE).is_file()):
+            raise RetrievalError(
+                f"{directory} exists and holds files that are not an index: choose a new or empty folder"
+            )
+
+
+def _write_embeddings(folder: Path, embeddings: torch.Tensor, ids: Sequence[str], metadata: dict) -> None:
+    header = {_METADATA_KEY: json.dumps({**metadata, "ids_sha256": _ids_hash(ids)})}
+    (folder / IDS_FILE).write_text(json.dumps(list(ids)))
+    save_file({_TENSOR_KEY: embeddings.detach().cpu().contiguous()}, str(folder / EMBEDDINGS_FILE), metadata=header)
 
 
 def save_embeddings(directory: str | os.PathLike, embeddings: torch.Tensor, ids: Sequence[str], metadata: dict | None = None) -> Path:
-    """Save `(N, ...)` embeddings and their N ids to `directory` (created if needed)."""
+    """Save `(N, ...)` embeddings and their N ids as the folder `directory`, replacing it whole."""
     ids = list(ids)
     if len(ids) != len(embeddings):
         raise RetrievalError(f"{len(ids)} ids for {len(embeddings)} embeddings")
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    header = {_METADATA_KEY: json.dumps({**(metadata or {}), "ids_sha256": _ids_hash(ids)})}
-    _atomic_write(directory / IDS_FILE, lambda temp: Path(temp).write_text(json.dumps(ids)))
-    tensors = {_TENSOR_KEY: embeddings.detach().cpu().contiguous()}
-    _atomic_write(directory / EMBEDDINGS_FILE, lambda temp: save_file(tensors, temp, metadata=header))
+    check_destination(directory)
+    with staged_folder(directory) as staging:
+        _write_embeddings(staging, embeddings, ids, metadata or {})
     return directory
+
+
+def _read_ids(directory: Path, expected_hash: str | None) -> list[str]:
+    ids = json.loads((directory / IDS_FILE).read_text())
+    if expected_hash != _ids_hash(ids):
+        raise RetrievalError(f"{directory}: {IDS_FILE} does not belong to the folder's index (ids hash mismatch)")
+    return ids
 
 
 def load_embeddings(directory: str | os.PathLike) -> tuple[torch.Tensor, list[str], dict]:
@@ -74,12 +119,287 @@ def load_embeddings(directory: str | os.PathLike) -> tuple[torch.Tensor, list[st
     with safe_open(directory / EMBEDDINGS_FILE, framework="pt") as handle:
         metadata = json.loads((handle.metadata() or {}).get(_METADATA_KEY, "{}"))
         embeddings = handle.get_tensor(_TENSOR_KEY)
-    ids = json.loads((directory / IDS_FILE).read_text())
-    if metadata.get("ids_sha256") != _ids_hash(ids) or len(ids) != len(embeddings):
-        raise RetrievalError(f"{directory}: {IDS_FILE} does not belong to {EMBEDDINGS_FILE} (ids hash mismatch)")
+    ids = _read_ids(directory, metadata.get("ids_sha256"))
+    if len(ids) != len(embeddings):
+        raise RetrievalError(f"{directory}: {IDS_FILE} does not belong to {EMBEDDINGS_FILE} ({len(ids)} ids, {len(embeddings)} rows)")
     return embeddings, ids, metadata
 
 
+# ----------------------------------------------------------------------------------------------- options
+@dataclass(frozen=True)
+class IndexOptions:
+    """The backend and its parameters. `None` means "chosen from the gallery size and width when built";
+    the built index records the chosen values.
+
+    nlist: inverted lists (IVF, IVF-PQ; default 4 sqrt(N), at most N / 39); nprobe: lists searched per query;
+    m: PQ sub-quantizers, a divisor of the width D (default the largest divisor <= D / 3); nbits: bits per
+    PQ code (default 8, fewer for a gallery under 256 vectors); hnsw_m, ef_search: HNSW graph degree and
+    search breadth.
+    """
+
+    backend: str = "exact"
+    nlist: int | None = None
+    nprobe: int = 16
+    m: int | None = None
+    nbits: int | None = None
+    hnsw_m: int = 32
+    ef_search: int = 256
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise RetrievalError(f"unknown index backend {self.backend!r}; expected one of {', '.join(BACKENDS)}")
+        for name in ("nlist", "nprobe", "m", "nbits", "hnsw_m", "ef_search"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise RetrievalError(f"index option {name}={value!r} must be a positive integer")
+        if self.nbits is not None and self.nbits > 16:
+            raise RetrievalError(f"index option nbits={self.nbits} must be at most 16")
+
+    def parameters(self) -> dict[str, Any]:
+        """The parameters this backend uses, by name."""
+        return {name: getattr(self, name) for name in BACKEND_PARAMETERS[self.backend]}
+
+    def resolved(self, size: int, dim: int) -> "IndexOptions":
+        """These options with every `None` chosen for a gallery of `size` vectors of width `dim`, checked
+        against it: an error names the option and the limit."""
+        chosen = {}
+        if "nlist" in self.parameters():
+            chosen["nlist"] = self.nlist or max(1, min(int(4 * math.sqrt(size)), size // _POINTS_PER_CENTROID))
+            if chosen["nlist"] > size:
+                raise RetrievalError(f"nlist={chosen['nlist']} exceeds the gallery size ({size}); choose nlist <= {size}")
+        if self.backend == "faiss-ivfpq":
+            chosen["m"] = self.m or max(d for d in range(1, dim + 1) if dim % d == 0 and d <= max(1, dim // DIMS_PER_CODE))
+            if dim % chosen["m"]:
+                raise RetrievalError(f"m={chosen['m']} must divide the embedding width {dim}")
+            chosen["nbits"] = self.nbits or max(1, min(8, int(math.log2(size))))
+            if 2 ** chosen["nbits"] > size:
+                raise RetrievalError(
+                    f"nbits={chosen['nbits']} trains {2 ** chosen['nbits']} centroids per sub-quantizer but the gallery "
+                    f"has {size} vectors; choose nbits <= {int(math.log2(size))} or another backend"
+                )
+        return replace(self, **chosen)
+
+    @classmethod
+    def from_record(cls, backend: str, parameters: dict) -> "IndexOptions":
+        known = {f.name for f in fields(cls)}
+        return cls(backend=backend, **{k: v for k, v in parameters.items() if k in known and v is not None})
+
+
+@dataclass(frozen=True)
+class IndexSource:
+    """What an index was built from. `model_fingerprint` is `facap_retrieval.cache.model_fingerprint` (weights,
+    config, image processing); `gallery_fingerprint` is `facap_retrieval.cache.gallery_fingerprint` (ids and
+    image bytes). Any field may be None for an index built from bare tensors."""
+
+    model_fingerprint: str | None = None
+    model: str | None = None
+    dataset: str | None = None
+    config: str | None = None
+    split: str | None = None
+    gallery_fingerprint: str | None = None
+
+
+@dataclass(frozen=True)
+class IndexManifest:
+    """The contents of `index.json`: enough to accept or refuse a folder without reading its vectors."""
+
+    directory: Path
+    backend: str
+    parameters: dict
+    embedding_dim: int
+    count: int
+    ids_sha256: str
+    source: IndexSource = field(default_factory=IndexSource)
+    has_embeddings: bool = True
+    format: str = INDEX_FORMAT
+
+    @classmethod
+    def read(cls, directory: str | os.PathLike) -> "IndexManifest":
+        """The manifest of an index folder; a folder from before manifests (embeddings and ids only) reads as
+        one with no recorded source."""
+        directory = Path(directory)
+        if (directory / MANIFEST_FILE).is_file():
+            return cls._from_json(directory)
+        if (directory / EMBEDDINGS_FILE).is_file() and (directory / IDS_FILE).is_file():
+            return cls._from_embeddings(directory)
+        raise RetrievalError(f"{directory} is not an index folder: {MANIFEST_FILE} is missing")
+
+    @classmethod
+    def _from_json(cls, directory: Path) -> "IndexManifest":
+        try:
+            record = json.loads((directory / MANIFEST_FILE).read_text())
+            if record.get("format") != INDEX_FORMAT:
+                raise RetrievalError(f"{directory / MANIFEST_FILE} has format {record.get('format')!r}, expected {INDEX_FORMAT!r}")
+            return cls(
+                directory=directory, backend=record["backend"], parameters=dict(record["parameters"]),
+                embedding_dim=int(record["embedding_dim"]), count=int(record["count"]),
+                ids_sha256=record["ids_sha256"], source=IndexSource(**record.get("source", {})),
+                has_embeddings=bool(record["has_embeddings"]),
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, RetrievalError):
+                raise
+            raise RetrievalError(f"{directory / MANIFEST_FILE} is not a valid index manifest: {error}") from None
+
+    @classmethod
+    def _from_embeddings(cls, directory: Path) -> "IndexManifest":
+        with safe_open(directory / EMBEDDINGS_FILE, framework="pt") as handle:
+            metadata = json.loads((handle.metadata() or {}).get(_METADATA_KEY, "{}"))
+            count, dim = handle.get_slice(_TENSOR_KEY).get_shape()[:2]
+        return cls(directory, metadata.get("backend", "exact"), dict(metadata.get("options", {})), dim, count,
+                   metadata.get("ids_sha256", ""), format="embeddings-only")  # fmt: skip
+
+    def to_json(self) -> dict:
+        record = {key: value for key, value in asdict(self).items() if key != "directory"}
+        return {"format": record.pop("format"), **record}
+
+    def check(self, *, model_fingerprint: str | None = None, embedding_dim: int | None = None,
+              gallery_fingerprint: str | None = None, model: str | None = None) -> "IndexManifest":  # fmt: skip
+        """Refuse (IndexMismatchError naming both sides) an index whose recorded width, model fingerprint or
+        gallery fingerprint differs from the given ones; a `None` expectation is not checked. `model` names
+        the model in use in the message."""
+        recorded = self.source
+        built_by = _describe(recorded.model or "an unnamed model", recorded.model_fingerprint, self.embedding_dim)
+        in_use = _describe(model or "the model in use", model_fingerprint, embedding_dim)
+        rebuild = "rebuild it with `python -m facap_eval.build_index`"
+        if embedding_dim is not None and embedding_dim != self.embedding_dim:
+            raise IndexMismatchError(
+                f"index {self.directory} holds {self.embedding_dim}-d embeddings built by {built_by}, but {in_use} "
+                f"gives {embedding_dim}-d embeddings: {rebuild}"
+            )
+        if model_fingerprint is not None and recorded.model_fingerprint != model_fingerprint:
+            reason = "records no model fingerprint (written by an older version)" if recorded.model_fingerprint is None else f"was built by {built_by}"
+            raise IndexMismatchError(f"index {self.directory} {reason}, not by {in_use}: {rebuild}")
+        if gallery_fingerprint is not None and recorded.gallery_fingerprint != gallery_fingerprint:
+            raise IndexMismatchError(
+                f"index {self.directory} was built from gallery {recorded.dataset or '?'}/{recorded.config or '?'} "
+                f"{recorded.split or ''} (fingerprint {_short(recorded.gallery_fingerprint)}), which differs from the "
+                f"gallery in use (fingerprint {_short(gallery_fingerprint)}): {rebuild}"
+            )
+        return self
+
+
+def _short(fingerprint: str | None) -> str:
+    return "none recorded" if fingerprint is None else fingerprint[:12]
+
+
+def _describe(model: str, fingerprint: str | None, width: int | None) -> str:
+    known = [f"fingerprint {_short(fingerprint)}"] if fingerprint is not None else []
+    known += [f"width {width}"] if width is not None else []
+    return f"{model} ({', '.join(known)})" if known else model
+
+
+def check_index(directory: str | os.PathLike, *, model_fingerprint: str | None = None, embedding_dim: int | None = None,
+                gallery_fingerprint: str | None = None, model: str | None = None) -> IndexManifest:  # fmt: skip
+    """Read an index folder's manifest and refuse it (IndexMismatchError naming both) when it was built by
+    another model, for another width or from another gallery; cheap: no vector is read."""
+    return IndexManifest.read(directory).check(
+        model_fingerprint=model_fingerprint, embedding_dim=embedding_dim, gallery_fingerprint=gallery_fingerprint, model=model
+    )
+
+
+# ------------------------------------------------------------------------------------------------- FAISS
+def _faiss():
+    try:
+        import faiss
+    except ImportError as error:  # an optional extra: name the fix
+        raise RetrievalError("the FAISS index backends need faiss: pip install 'facap[faiss]'") from error
+    return faiss
+
+
+def _new_faiss_index(options: IndexOptions, dim: int):
+    """An empty FAISS inner-product index for the resolved `options`."""
+    faiss = _faiss()
+    if options.backend == "faiss-flat":
+        return faiss.IndexFlatIP(dim)
+    if options.backend == "faiss-hnsw":
+        index = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = options.ef_search
+        return index
+    quantizer = faiss.IndexFlatIP(dim)
+    if options.backend == "faiss-ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, options.nlist, faiss.METRIC_INNER_PRODUCT)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, options.nlist, options.m, options.nbits, faiss.METRIC_INNER_PRODUCT)
+    return index
+
+
+def _apply_search_parameters(index, options: IndexOptions) -> None:
+    faiss = _faiss()
+    if options.backend in ("faiss-ivf", "faiss-ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = options.nprobe
+    elif options.backend == "faiss-hnsw":
+        index.hnsw.efSearch = options.ef_search
+
+
+def _as_numpy(embeddings: torch.Tensor):
+    return embeddings.detach().float().cpu().contiguous().numpy()
+
+
+# --------------------------------------------------------------------------------------------- building
+class IndexBuilder:
+    """Builds a CIRIndex from `(n, D)` chunks, so a gallery never has to be held whole in fp32 when the
+    backend does not need it: `train(sample)` (IVF and IVF-PQ learn their lists and codes from it), then
+    `add(chunk, ids)` any number of times, then `finish(source)`.
+
+    `size` is the gallery size the defaults are chosen for (IndexOptions.resolved); `keep_embeddings` keeps
+    the fp32 rows (needed by `exact`, optional for FAISS backends; default: only for `exact`).
+    """
+
+    def __init__(self, dim: int, options: IndexOptions, size: int, *, keep_embeddings: bool | None = None):
+        if size < 1 or dim < 1:
+            raise RetrievalError(f"an index needs N >= 1 vectors of width D >= 1, got N={size}, D={dim}")
+        self.dim = dim
+        self.options = options.resolved(size, dim)
+        self.keep_embeddings = options.backend == "exact" if keep_embeddings is None else keep_embeddings
+        if options.backend == "exact" and not self.keep_embeddings:
+            raise RetrievalError("the exact backend searches the embeddings: it must keep them")
+        self._faiss = None if options.backend == "exact" else _new_faiss_index(self.options, dim)
+        self._chunks: list[torch.Tensor] = []
+        self._ids: list[str] = []
+
+    @property
+    def needs_training(self) -> bool:
+        return self._faiss is not None and not self._faiss.is_trained
+
+    def train(self, sample: torch.Tensor) -> None:
+        """Learn the IVF lists / PQ codebooks from a `(n, D)` sample of the gallery (n >= nlist, >= 2**nbits)."""
+        self._check_shape(sample)
+        needed = max(self.options.nlist or 1, 2 ** (self.options.nbits or 0))
+        if len(sample) < needed:
+            raise RetrievalError(f"{self.options.backend} needs at least {needed} training vectors, got {len(sample)}")
+        if self._faiss is not None:
+            self._faiss.train(_as_numpy(sample))
+
+    def add(self, embeddings: torch.Tensor, ids: Sequence[str]) -> None:
+        """Append `(n, D)` unit-norm embeddings and their n ids."""
+        self._check_shape(embeddings)
+        if len(ids) != len(embeddings):
+            raise RetrievalError(f"{len(ids)} ids for {len(embeddings)} embeddings")
+        if self.needs_training:
+            raise RetrievalError(f"{self.options.backend} must be trained on a sample before vectors are added")
+        if self._faiss is not None:
+            self._faiss.add(_as_numpy(embeddings))
+        if self.keep_embeddings:
+            self._chunks.append(embeddings.detach().float().cpu())
+        self._ids.extend(ids)
+
+    def finish(self, source: IndexSource | None = None) -> "CIRIndex":
+        if not self._ids:
+            raise RetrievalError("an index needs at least one vector; none was added")
+        if len(set(self._ids)) != len(self._ids):
+            raise RetrievalError("gallery ids must be unique")
+        embeddings = torch.cat(self._chunks).contiguous() if self.keep_embeddings else None
+        if self._faiss is not None:
+            _apply_search_parameters(self._faiss, self.options)
+        return CIRIndex(self._ids, self.options, self.dim, embeddings=embeddings, faiss_index=self._faiss, source=source)
+
+    def _check_shape(self, embeddings: torch.Tensor) -> None:
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.dim:
+            raise RetrievalError(f"index input must have shape (n, {self.dim}), got {tuple(embeddings.shape)}")
+
+
+# ------------------------------------------------------------------------------------------------- index
 @dataclass(frozen=True)
 class SearchResult:
     """`scores` and `indices` are `(num_queries, k)`, best first; `ids` the matching gallery ids.
@@ -93,70 +413,48 @@ class SearchResult:
 
 
 class CIRIndex:
-    """Inner-product search over `(N, D)` unit-norm candidate embeddings with string ids."""
+    """Inner-product search over N unit-norm candidate embeddings of width D, with string ids.
 
-    def __init__(
-        self,
-        embeddings: torch.Tensor,
-        ids: Sequence[str],
-        backend: str = "exact",
-        *,
-        nlist: int | None = None,
-        nprobe: int = 16,
-        hnsw_m: int = 32,
-        ef_search: int = 256,
-    ):
-        if backend not in BACKENDS:
-            raise RetrievalError(f"unknown index backend {backend!r}; expected one of {', '.join(BACKENDS)}")
-        if embeddings.ndim != 2 or len(embeddings) == 0:
-            raise RetrievalError(f"an index needs (N, D) embeddings with N >= 1, got shape {tuple(embeddings.shape)}")
-        self.ids = list(ids)
-        if len(self.ids) != len(embeddings):
-            raise RetrievalError(f"{len(self.ids)} ids for {len(embeddings)} embeddings")
-        if len(set(self.ids)) != len(self.ids):
-            raise RetrievalError("gallery ids must be unique")
-        self.embeddings = embeddings.detach().float().cpu().contiguous()
-        self.backend = backend
-        self.options = {"nlist": nlist, "nprobe": nprobe, "hnsw_m": hnsw_m, "ef_search": ef_search}
-        self._faiss_index = None if backend == "exact" else self._build_faiss()
+    `CIRIndex.build(embeddings, ids, backend, **options)` builds from an `(N, D)` tensor (kept in memory);
+    `IndexBuilder` builds from chunks; `CIRIndex.load` reads a saved folder. Attributes: `ids` (N),
+    `options` (the resolved IndexOptions), `backend`, `dim`, `source` (IndexSource) and `embeddings`
+    (`(N, D)` fp32, or None for a FAISS index that does not keep them).
+    """
+
+    def __init__(self, ids: Sequence[str], options: IndexOptions, dim: int, *, embeddings: torch.Tensor | None = None,
+                 faiss_index=None, source: IndexSource | None = None):  # fmt: skip
+        """Assemble an index from built parts; use `build`, `IndexBuilder` or `load` to make one."""
+        self.ids, self.options, self.dim, self.source = list(ids), options, dim, source or IndexSource()
+        self.embeddings, self._faiss_index = embeddings, faiss_index
 
     @classmethod
-    def build(cls, embeddings: torch.Tensor, ids: Sequence[str], backend: str = "exact", **options: Any) -> "CIRIndex":
-        """Build an index from a gallery's candidate embeddings (see `__init__` for the options)."""
-        return cls(embeddings, ids, backend, **options)
+    def build(cls, embeddings: torch.Tensor, ids: Sequence[str], backend: str = "exact", *,
+              source: IndexSource | None = None, **options: Any) -> "CIRIndex":  # fmt: skip
+        """Build an index from a gallery's `(N, D)` candidate embeddings, which it keeps (options: the fields
+        of IndexOptions)."""
+        if embeddings.ndim != 2 or len(embeddings) == 0:
+            raise RetrievalError(f"an index needs (N, D) embeddings with N >= 1, got shape {tuple(embeddings.shape)}")
+        ids = list(ids)
+        if len(ids) != len(embeddings):
+            raise RetrievalError(f"{len(ids)} ids for {len(embeddings)} embeddings")
+        builder = IndexBuilder(embeddings.shape[1], IndexOptions(backend, **options), len(ids), keep_embeddings=True)
+        if builder.needs_training:
+            builder.train(embeddings)
+        builder.add(embeddings, ids)
+        return builder.finish(source)
+
+    @property
+    def backend(self) -> str:
+        return self.options.backend
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def _build_faiss(self):
-        try:
-            import faiss
-        except ImportError as error:  # an optional extra: name the fix
-            raise RetrievalError(f"backend {self.backend!r} needs faiss: pip install 'facap[faiss]'") from error
-        vectors = self.embeddings.numpy()
-        size, dim = vectors.shape
-        if self.backend == "faiss-flat":
-            index = faiss.IndexFlatIP(dim)
-        elif self.backend == "faiss-hnsw":
-            index = faiss.IndexHNSWFlat(dim, self.options["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
-            index.hnsw.efSearch = self.options["ef_search"]
-        else:
-            # faiss wants >= 39 training points per list; 4 sqrt(N) lists is its usual starting point.
-            nlist = self.options["nlist"] or max(1, min(int(4 * math.sqrt(size)), size // 39))
-            self.options["nlist"] = nlist
-            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            index.train(vectors)
-            index.nprobe = self.options["nprobe"]
-        index.add(vectors)
-        return index
-
     def search(self, query_embeddings: torch.Tensor, k: int) -> SearchResult:
         """The top `k` gallery items for each of the `(Q, D)` queries."""
         queries = query_embeddings.detach().float().cpu()
-        if queries.ndim != 2 or queries.shape[1] != self.embeddings.shape[1]:
-            raise RetrievalError(
-                f"queries must have shape (Q, {self.embeddings.shape[1]}), got {tuple(queries.shape)}"
-            )
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise RetrievalError(f"queries must have shape (Q, {self.dim}), got {tuple(queries.shape)}")
         if not 1 <= k <= len(self):
             raise RetrievalError(f"k={k} must be between 1 and the index size ({len(self)})")
         if self._faiss_index is None:
@@ -168,21 +466,118 @@ class CIRIndex:
         ids = [[self.ids[i] if i >= 0 else None for i in row] for row in indices.tolist()]
         return SearchResult(scores, indices, ids)
 
+    def manifest(self, directory: Path) -> IndexManifest:
+        return IndexManifest(directory, self.backend, self.options.parameters(), self.dim, len(self),
+                             _ids_hash(self.ids), self.source, self.embeddings is not None)  # fmt: skip
+
     def save(self, directory: str | os.PathLike) -> Path:
-        """Write the embeddings, ids and backend options to `directory` (safetensors + ids.json)."""
-        return save_embeddings(directory, self.embeddings, self.ids, {"backend": self.backend, "options": self.options})
+        """Write the index folder `directory` whole (manifest, ids, FAISS index, embeddings when kept),
+        replacing a previous index there; a folder holding anything else is refused."""
+        directory = Path(directory)
+        check_destination(directory)
+        with staged_folder(directory) as staging:
+            record = self.manifest(directory).to_json()
+            if self.embeddings is not None:
+                _write_embeddings(staging, self.embeddings, self.ids, {"backend": self.backend, "options": record["parameters"]})
+            else:
+                (staging / IDS_FILE).write_text(json.dumps(self.ids))
+            if self._faiss_index is not None:
+                _faiss().write_index(self._faiss_index, str(staging / FAISS_FILE))
+            (staging / MANIFEST_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        return directory
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, backend: str | None = None, **options: Any) -> "CIRIndex":
-        """Load a saved index; the backend and its options default to the saved ones (faiss is rebuilt)."""
-        embeddings, ids, metadata = load_embeddings(directory)
-        saved = {key: value for key, value in metadata.get("options", {}).items() if value is not None}
-        return cls(embeddings, ids, backend or metadata.get("backend", "exact"), **{**saved, **options})
+    def load(cls, directory: str | os.PathLike, backend: str | None = None, *, expect_model: str | None = None,
+             expect_dim: int | None = None, expect_gallery: str | None = None, model: str | None = None,
+             **options: Any) -> "CIRIndex":  # fmt: skip
+        """Load a saved index folder, refusing it (IndexMismatchError naming both) when `expect_model` (a
+        model fingerprint), `expect_dim` or `expect_gallery` (a gallery fingerprint) differ from what it
+        records; `model` names the model in use in that message.
+
+        The saved FAISS index is read as built; search parameters (`nprobe`, `ef_search`) may be overridden.
+        Another `backend` or build parameter rebuilds from the saved embeddings (an error when none are kept).
+        """
+        manifest = check_index(directory, model_fingerprint=expect_model, embedding_dim=expect_dim,
+                               gallery_fingerprint=expect_gallery, model=model)  # fmt: skip
+        saved = IndexOptions.from_record(manifest.backend, manifest.parameters)
+        wanted = IndexOptions.from_record(backend or manifest.backend, {**manifest.parameters, **options})
+        rebuild = {k: v for k, v in asdict(wanted).items() if k not in SEARCH_PARAMETERS} != {
+            k: v for k, v in asdict(saved).items() if k not in SEARCH_PARAMETERS
+        }
+        embeddings, ids = cls._read_vectors(manifest)
+        if rebuild or (wanted.backend != "exact" and not (manifest.directory / FAISS_FILE).is_file()):
+            if embeddings is None:
+                raise RetrievalError(
+                    f"index {manifest.directory} keeps no embeddings, so it cannot be rebuilt as {wanted.backend} "
+                    f"with {wanted.parameters()}: rebuild it from the gallery"
+                )
+            return cls.build(embeddings, ids, wanted.backend, source=manifest.source, **_given(wanted))
+        faiss_index = None
+        if wanted.backend != "exact":
+            faiss_index = _faiss().read_index(str(manifest.directory / FAISS_FILE))
+            if faiss_index.ntotal != manifest.count or faiss_index.d != manifest.embedding_dim:
+                raise RetrievalError(f"{manifest.directory / FAISS_FILE} does not belong to {manifest.directory / MANIFEST_FILE}")
+            _apply_search_parameters(faiss_index, wanted)
+        return cls(ids, wanted, manifest.embedding_dim, embeddings=embeddings, faiss_index=faiss_index, source=manifest.source)
+
+    @staticmethod
+    def _read_vectors(manifest: IndexManifest) -> tuple[torch.Tensor | None, list[str]]:
+        if manifest.has_embeddings:
+            embeddings, ids, _ = load_embeddings(manifest.directory)
+            if _ids_hash(ids) != manifest.ids_sha256 or embeddings.shape != (manifest.count, manifest.embedding_dim):
+                raise RetrievalError(f"{manifest.directory}: {EMBEDDINGS_FILE} does not belong to {MANIFEST_FILE}")
+            return embeddings.float(), ids
+        if not (manifest.directory / IDS_FILE).is_file():
+            raise RetrievalError(f"{manifest.directory} is not an index folder: {IDS_FILE} is missing")
+        return None, _read_ids(manifest.directory, manifest.ids_sha256)
 
 
-def recall_vs_exact(index: CIRIndex, query_embeddings: torch.Tensor, k: int) -> float:
-    """The share (0..1) of the exact top-k items that `index` returns, averaged over the queries."""
-    exact = rank_gallery(query_embeddings.float().cpu(), index.embeddings, k).indices
+def _given(options: IndexOptions) -> dict[str, Any]:
+    """The options as keywords for `CIRIndex.build` (the backend goes separately)."""
+    return {k: v for k, v in asdict(options).items() if k != "backend"}
+
+
+def build_index(chunks: Iterable[tuple[torch.Tensor, Sequence[str]]], dim: int, size: int, options: IndexOptions,
+                *, training_sample: torch.Tensor | None = None, source: IndexSource | None = None,
+                keep_embeddings: bool | None = None) -> CIRIndex:  # fmt: skip
+    """An index from `(embeddings, ids)` chunks of a gallery of `size` vectors of width `dim`. A backend that
+    trains (IVF, IVF-PQ) learns from `training_sample`, or, when it is None, from the first chunks (up to
+    the size its defaults need), which are then added in order."""
+    builder = IndexBuilder(dim, options, size, keep_embeddings=keep_embeddings)
+    pending: list[tuple[torch.Tensor, Sequence[str]]] = []
+    if builder.needs_training and training_sample is not None:
+        builder.train(training_sample)
+    needed = _training_size(builder.options)
+    for embeddings, ids in chunks:
+        if not builder.needs_training:
+            builder.add(embeddings, ids)
+            continue
+        pending.append((embeddings, ids))
+        if sum(len(e) for e, _ in pending) >= min(needed, size):
+            builder.train(torch.cat([e for e, _ in pending]))
+            for held, held_ids in pending:
+                builder.add(held, held_ids)
+            pending = []
+    if pending:  # a gallery smaller than the training target: train on all of it
+        builder.train(torch.cat([e for e, _ in pending]))
+        for held, held_ids in pending:
+            builder.add(held, held_ids)
+    return builder.finish(source)
+
+
+def _training_size(options: IndexOptions) -> int:
+    """How many leading vectors `build_index` trains on when given no sample: enough for FAISS's k-means
+    (39 points per IVF list, 64 per PQ centroid), not the whole gallery."""
+    return max(_POINTS_PER_CENTROID * (options.nlist or 1), 64 * 2 ** (options.nbits or 0))
+
+
+def recall_vs_exact(index: CIRIndex, query_embeddings: torch.Tensor, k: int, exact_embeddings: torch.Tensor | None = None) -> float:
+    """The share (0..1) of the exact top-k items that `index` returns, averaged over the queries. The exact
+    ranking uses `exact_embeddings`, or the index's own when it keeps them."""
+    reference = exact_embeddings if exact_embeddings is not None else index.embeddings
+    if reference is None:
+        raise RetrievalError("recall_vs_exact needs the exact embeddings: the index keeps none, pass exact_embeddings")
+    exact = rank_gallery(query_embeddings.float().cpu(), reference.float().cpu(), k).indices
     found = index.search(query_embeddings, k).indices
     overlap = [len(set(a) & set(b)) for a, b in zip(exact.tolist(), found.tolist())]
     return sum(overlap) / (k * len(overlap))

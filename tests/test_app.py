@@ -1,4 +1,4 @@
-"""The Gradio demo (app.py): start-up, the query handlers and their bad input, and a real-browser search.
+"""The Gradio demo (app.py over facap_app): start-up, the query handlers and their bad input, and a real-browser search.
 
 The browser test starts the app on a free loopback port and drives Debian's Chromium through Playwright
 (no browser download). It is skipped only where /usr/bin/chromium is missing; CI installs it.
@@ -19,7 +19,15 @@ import pytest
 import torch
 from PIL import Image
 
-import app
+from facap_app import catalogue as app_catalogue
+from facap_app import cli, ui
+from facap_app.errors import AppError
+from facap_app.model import select_device
+from facap_app.options import parse_args
+from facap_app.search import MAX_QUERY_SIDE
+from facap_app.startup import create_app, launch
+from facap_dataset.captions import join_captions
+from facap_dataset.loading import open_dataset
 from facap_retrieval.index import CIRIndex
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +55,7 @@ def free_port() -> int:
 
 
 def app_args(model_dir, dataset_dir, cache_dir, *extra: str):
-    return app.parse_args(
+    return parse_args(
         ["--model", str(model_dir), "--dataset", str(dataset_dir), "--cache-dir", str(cache_dir),
          "--top-k", str(TOP_K), "--num-examples", "2", "--host", "127.0.0.1", "--port", str(free_port()), *extra]
     )  # fmt: skip
@@ -58,17 +66,23 @@ def demo_app(tmp_path_factory, tiny_model_dir, synthetic_dir):
     """The demo over the tiny model and the synthetic validation galleries (indexes built and cached)."""
     root = tmp_path_factory.mktemp("app")
     args = app_args(tiny_model_dir, synthetic_dir, root / "cache")
-    demo, engine = app.create_app(args, root / "files")
+    demo, engine = create_app(args, root / "files")
     return args, demo, engine
 
 
 @pytest.fixture(scope="module")
 def actions(demo_app):
-    return app.DemoActions(demo_app[2])
+    return ui.DemoActions(demo_app[2])
 
 
 def gallery(synthetic_dir, category="dress") -> datasets.Dataset:
     return datasets.load_dataset(str(synthetic_dir), f"{category}-gallery", split="validation")
+
+
+def reference_file(image: Image.Image, folder: Path, name: str = "reference.png") -> str:
+    """The reference slot hands the handlers a file path (as the browser and the API send it)."""
+    image.save(folder / name)
+    return str(folder / name)
 
 
 # ------------------------------------------------------------------------------------------------ start-up
@@ -80,7 +94,7 @@ def test_startup_builds_every_gallery_index_then_reads_the_cache(demo_app, tiny_
     for category, catalogue in engine.catalogues.items():
         assert catalogue.index.ids == list(gallery(synthetic_dir, category)["image_id"])
         assert catalogue.index_source.startswith("built")
-    again = app.create_app(app_args(tiny_model_dir, synthetic_dir, args.cache_dir, "--config", "shirt-gallery"), tmp_path)[1]
+    again = create_app(app_args(tiny_model_dir, synthetic_dir, args.cache_dir, "--config", "shirt-gallery"), tmp_path)[1]
     assert list(again.catalogues) == ["shirt"]
     assert again.catalogues["shirt"].index_source.startswith("read from the cache")
     assert torch.equal(again.catalogues["shirt"].index.embeddings, engine.catalogues["shirt"].index.embeddings)
@@ -89,38 +103,43 @@ def test_startup_builds_every_gallery_index_then_reads_the_cache(demo_app, tiny_
 def test_saved_index_is_searched_without_encoding_the_gallery(demo_app, tiny_model_dir, synthetic_dir, tmp_path, capsys):
     args, _, engine = demo_app
     common = ["--model", str(tiny_model_dir), "--dataset", str(synthetic_dir), "--config", "toptee-gallery"]
-    assert app.main([*common, "--cache-dir", str(args.cache_dir), "--save-index", str(tmp_path / "indexes")]) == 0
+    assert cli.main([*common, "--cache-dir", str(args.cache_dir), "--save-index", str(tmp_path / "indexes")]) == 0
     saved = tmp_path / "indexes" / "toptee-gallery"
     assert f"--index toptee-gallery={saved}" in capsys.readouterr().out
     cache = tmp_path / "fresh-cache"
-    loaded = app.create_app(app_args(tiny_model_dir, synthetic_dir, cache, *common[4:], "--index", str(saved)), tmp_path)[1]
-    assert loaded.catalogues["toptee"].index_source == f"loaded from {saved}"
+    loaded = create_app(app_args(tiny_model_dir, synthetic_dir, cache, *common[4:], "--index", str(saved)), tmp_path)[1]
+    assert loaded.catalogues["toptee"].index_source == f"loaded from {saved} (exact)"
     assert torch.equal(loaded.catalogues["toptee"].index.embeddings, engine.catalogues["toptee"].index.embeddings)
     assert not cache.exists()  # nothing was encoded, so nothing was cached
 
 
 def test_index_of_another_gallery_or_model_is_refused(demo_app, tiny_model_dir, synthetic_dir, tmp_path):
     engine = demo_app[2]
-    shirts = engine.catalogues["shirt"].index.save(tmp_path / "shirt-index")
+    shirts = engine.catalogues["shirt"].index.save(tmp_path / "shirt-index")  # records its gallery's fingerprint
     args = app_args(tiny_model_dir, synthetic_dir, tmp_path, "--config", "dress-gallery", "--index", str(shirts))
-    with pytest.raises(app.AppError, match="not in gallery dress-gallery"):
-        app.create_app(args, tmp_path / "files")
+    with pytest.raises(AppError, match=r"built from gallery .*shirt-gallery validation .* differs from the gallery in use"):
+        create_app(args, tmp_path / "files")
+    shirt = engine.catalogues["shirt"].index
+    CIRIndex.build(shirt.embeddings, shirt.ids).save(tmp_path / "bare-shirt-index")  # records nothing: ids checked
+    args = app_args(tiny_model_dir, synthetic_dir, tmp_path, "--config", "dress-gallery", "--index", str(tmp_path / "bare-shirt-index"))
+    with pytest.raises(AppError, match="not in gallery dress-gallery"):
+        create_app(args, tmp_path / "files")
     dress = engine.catalogues["dress"].index
     other_model = CIRIndex.build(torch.nn.functional.normalize(torch.randn(len(dress), 7), dim=1), dress.ids)
     other_model.save(tmp_path / "other-model")
     args = app_args(tiny_model_dir, synthetic_dir, tmp_path, "--config", "dress-gallery", "--index", str(tmp_path / "other-model"))
-    with pytest.raises(app.AppError, match="7-d embeddings"):
-        app.create_app(args, tmp_path / "files")
+    with pytest.raises(AppError, match="7-d embeddings"):
+        create_app(args, tmp_path / "files")
 
 
 def test_index_option_needs_its_config_when_several_are_searched(tmp_path):
-    with pytest.raises(app.AppError, match="name its config"):
-        app.parse_index_options([str(tmp_path)], ["dress-gallery", "shirt-gallery"])
-    with pytest.raises(app.AppError, match="not among the searched configs"):
-        app.parse_index_options([f"skirt-gallery={tmp_path}"], ["dress-gallery"])
-    with pytest.raises(app.AppError, match="no such index folder"):
-        app.parse_index_options([str(tmp_path / "missing")], ["dress-gallery"])
-    assert app.parse_index_options([f"shirt-gallery={tmp_path}"], ["dress-gallery", "shirt-gallery"]) == {
+    with pytest.raises(AppError, match="name its config"):
+        app_catalogue.parse_index_options([str(tmp_path)], ["dress-gallery", "shirt-gallery"])
+    with pytest.raises(AppError, match="not among the searched configs"):
+        app_catalogue.parse_index_options([f"skirt-gallery={tmp_path}"], ["dress-gallery"])
+    with pytest.raises(AppError, match="no such index folder"):
+        app_catalogue.parse_index_options([str(tmp_path / "missing")], ["dress-gallery"])
+    assert app_catalogue.parse_index_options([f"shirt-gallery={tmp_path}"], ["dress-gallery", "shirt-gallery"]) == {
         "shirt-gallery": tmp_path
     }
 
@@ -134,27 +153,27 @@ def test_unknown_model_path_exits_non_zero_with_a_clear_message(synthetic_dir, t
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )  # fmt: skip
     assert result.returncode == 2
-    assert f"error: model {str(missing)!r} does not exist" in result.stderr
+    assert f"error: model {missing}: no such model folder" in result.stderr
     assert "Traceback" not in result.stderr
 
 
 def test_unusable_model_folder_and_unknown_config_fail_cleanly(synthetic_dir, tmp_path, capsys):
     (tmp_path / "empty-model").mkdir()
-    assert app.main(["--model", str(tmp_path / "empty-model"), "--dataset", str(synthetic_dir)]) == 2
-    assert "error: cannot load model" in capsys.readouterr().err
-    assert app.main(["--model", str(tmp_path), "--dataset", str(synthetic_dir), "--config", "skirt-gallery"]) == 2
+    assert cli.main(["--model", str(tmp_path / "empty-model"), "--dataset", str(synthetic_dir)]) == 2
+    assert f"error: model {tmp_path / 'empty-model'} has no config.json" in capsys.readouterr().err
+    assert cli.main(["--model", str(tmp_path), "--dataset", str(synthetic_dir), "--config", "skirt-gallery"]) == 2
     assert "has no gallery config 'skirt-gallery'" in capsys.readouterr().err
-    assert app.main(["--model", str(tmp_path), "--dataset", str(tmp_path / "no-dataset")]) == 2
+    assert cli.main(["--model", str(tmp_path), "--dataset", str(tmp_path / "no-dataset")]) == 2
     assert "error: cannot read dataset" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------------- queries
 
 
-def test_search_returns_k_results_ranked_by_score(actions, demo_app, synthetic_dir):
+def test_search_returns_k_results_ranked_by_score(actions, demo_app, synthetic_dir, tmp_path):
     catalogue = demo_app[2].catalogues["dress"]
-    reference = gallery(synthetic_dir)[0]["image"]
-    results, status = actions.search(reference, QUERY_TEXTS[0], "dress", TOP_K)
+    reference = gallery(synthetic_dir)[0]["image"].convert("RGB")
+    results, status = actions.search(reference_file(reference, tmp_path), QUERY_TEXTS[0], "dress", TOP_K)
     captions = [item["caption"] for item in results.value]
     ranks, scores, ids = zip(*(caption.split(" · ") for caption in captions))
     assert ranks == tuple(f"#{rank}" for rank in range(1, TOP_K + 1))
@@ -162,18 +181,18 @@ def test_search_returns_k_results_ranked_by_score(actions, demo_app, synthetic_d
     query = demo_app[2].encode_query(reference, QUERY_TEXTS[0])[0]
     exact = torch.topk((query @ catalogue.index.embeddings.T)[0], TOP_K)
     assert list(ids) == [catalogue.ids[i] for i in exact.indices.tolist()]
-    assert results.label == app.RESULTS_LABEL
+    assert results.label == ui.RESULTS_LABEL
     assert status.startswith(f"Query: “{QUERY_TEXTS[0]}”. {TOP_K} results from {len(catalogue.ids)} `dress` images")
     assert status.endswith(f"ms on {demo_app[2].device.type}.")
 
 
-def test_empty_text_is_an_image_only_query_and_says_so(actions, demo_app, synthetic_dir):
+def test_empty_text_is_an_image_only_query_and_says_so(actions, demo_app, synthetic_dir, tmp_path):
     engine = demo_app[2]
     row = 3
-    reference = gallery(synthetic_dir)[row]["image"]
-    results, status = actions.search(reference, "   ", "dress", TOP_K)
-    assert results.label == app.IMAGE_ONLY_LABEL
-    assert status.startswith(app.IMAGE_ONLY_NOTE)
+    reference = gallery(synthetic_dir)[row]["image"].convert("RGB")
+    results, status = actions.search(reference_file(reference, tmp_path), "   ", "dress", TOP_K)
+    assert results.label == ui.IMAGE_ONLY_LABEL
+    assert status.startswith(ui.IMAGE_ONLY_NOTE)
     hits = engine.search(reference, "", "dress", TOP_K)
     assert hits.image_only
     # The reference is in the gallery, so an image-only query finds it first, with a cosine of 1.
@@ -195,10 +214,9 @@ def test_non_image_upload_is_refused_with_its_name(actions, tmp_path):
 def test_huge_upload_is_downscaled_and_said_so(actions, tmp_path):
     huge = tmp_path / "huge.png"
     Image.new("RGB", (4000, 2500), (200, 30, 30)).save(huge)
-    saved, target, status = actions.upload(str(huge))
-    with Image.open(saved) as image:
-        assert image.size == (app.MAX_QUERY_SIDE, 640)
-        assert image.getpixel((10, 10)) == (200, 30, 30)
+    image, target, status = actions.upload(str(huge))
+    assert image.size == (MAX_QUERY_SIDE, 640)
+    assert image.getpixel((10, 10)) == (200, 30, 30)
     assert target is None
     assert "downscaled from 4000×2500 to 1024×640" in status
 
@@ -213,19 +231,18 @@ def test_decompression_bomb_upload_is_refused(actions, tmp_path):
 def test_upload_keeps_pixels_and_converts_to_rgb(actions, tmp_path):
     rgba = tmp_path / "cut-out.png"
     Image.new("RGBA", (40, 30), (0, 0, 255, 0)).save(rgba)  # fully transparent: shown on white
-    saved, _, status = actions.upload(str(rgba))
-    with Image.open(saved) as image:
-        assert image.mode == "RGB" and image.size == (40, 30) and image.getpixel((0, 0)) == (255, 255, 255)
+    image, _, status = actions.upload(str(rgba))
+    assert image.mode == "RGB" and image.size == (40, 30) and image.getpixel((0, 0)) == (255, 255, 255)
     assert "uploaded `cut-out.png`" in status and "downscaled" not in status
 
 
 def test_examples_are_validation_triplets_with_their_targets(demo_app, synthetic_dir, tmp_path):
     args = demo_app[0]
-    examples = app.load_examples(args, ["dress", "toptee"], tmp_path)
+    examples = app_catalogue.load_examples(args, open_dataset(synthetic_dir), ["dress", "toptee"], tmp_path)
     triplets = datasets.load_dataset(str(synthetic_dir), "dress", split="validation")
     assert [e.category for e in examples] == ["dress", "dress", "toptee", "toptee"]
     first = examples[0]
-    assert first.text == app.join_captions(triplets[0]["captions"])
+    assert first.text == join_captions(triplets[0]["captions"])
     with Image.open(first.target_path) as target:
         assert list(target.convert("RGB").getdata()) == list(triplets[0]["target_image"].convert("RGB").getdata())
 
@@ -233,9 +250,9 @@ def test_examples_are_validation_triplets_with_their_targets(demo_app, synthetic
 def test_browse_pages_wrap_around_and_a_click_picks_the_reference(actions, demo_app):
     catalogue = demo_app[2].catalogues["dress"]
     paths, rows, page = actions.browse("dress")
-    assert rows == list(range(min(len(catalogue.ids), app.BROWSE_PAGE_SIZE))) and page == 0
+    assert rows == list(range(min(len(catalogue.ids), ui.BROWSE_PAGE_SIZE))) and page == 0
     assert all(Path(path).read_bytes() == catalogue.image_bytes[row] for path, row in zip(paths, rows))
-    pages = -(-len(catalogue.ids) // app.BROWSE_PAGE_SIZE)
+    pages = -(-len(catalogue.ids) // ui.BROWSE_PAGE_SIZE)
     assert actions.next_page("dress", pages - 1)[2] == 0
     path, target, status = actions.pick("dress", rows, gr.SelectData(None, {"index": 2, "value": None}))
     assert Path(path).read_bytes() == catalogue.image_bytes[rows[2]] and target is None
@@ -243,9 +260,9 @@ def test_browse_pages_wrap_around_and_a_click_picks_the_reference(actions, demo_
 
 
 def test_device_defaults_to_cuda_when_present():
-    assert app.select_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with pytest.raises(app.AppError, match="not a torch device"):
-        app.select_device("quantum")
+    assert select_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(AppError, match="not a torch device"):
+        select_device("quantum")
 
 
 # ------------------------------------------------------------------------------------------------- browser
@@ -266,7 +283,7 @@ def model_top_query(model_dir, dataset_dir, category: str, num_candidates: int =
         pixels = processor(images=[image.convert("RGB") for image in items["image"]], return_tensors="pt")["pixel_values"]
         candidates = torch.cat([model.get_candidate_embeddings(batch) for batch in pixels.split(64)])
         for triplet in triplets.select(range(min(num_candidates, len(triplets)))):
-            image, text = triplet["reference_image"].convert("RGB"), app.join_captions(triplet["captions"])
+            image, text = triplet["reference_image"].convert("RGB"), join_captions(triplet["captions"])
             inputs = processor(images=[image], text=[text], return_tensors="pt")
             query = model.get_query_embeddings(inputs["pixel_values"], inputs["input_ids"], inputs["attention_mask"])
             top = torch.topk((query @ candidates.T)[0], 2)
@@ -284,7 +301,7 @@ def browser_app(demo_app, tmp_path):
     if not (model and dataset):
         return demo_app
     args = app_args(model, dataset, tmp_path / "cache")
-    return (args, *app.create_app(args, tmp_path / "files"))
+    return (args, *create_app(args, tmp_path / "files"))
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")
@@ -297,7 +314,7 @@ def test_browser_upload_type_search_shows_the_models_top_result(browser_app, tmp
     upload = tmp_path / "my-reference.png"
     image.save(upload)
 
-    app.launch(demo, args, engine.files_dir, block=False, quiet=True)
+    launch(demo, args, engine.files_dir, block=False, quiet=True)
     try:
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)

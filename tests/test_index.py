@@ -56,7 +56,7 @@ def test_save_load_round_trip(tmp_path, gallery):
     index = CIRIndex.build(embeddings, ids, backend="faiss-ivf", nlist=8, nprobe=2)
     index.save(tmp_path / "index")
     loaded = CIRIndex.load(tmp_path / "index")
-    assert loaded.backend == "faiss-ivf" and loaded.options["nlist"] == 8 and loaded.ids == ids
+    assert loaded.backend == "faiss-ivf" and loaded.options.nlist == 8 and loaded.ids == ids
     queries = _unit(5, 16, seed=4)
     assert torch.equal(loaded.search(queries, 3).indices, index.search(queries, 3).indices)
     assert CIRIndex.load(tmp_path / "index", backend="exact").backend == "exact"
@@ -75,12 +75,12 @@ def test_mismatched_ids_file_is_refused(tmp_path):
 def test_bad_index_input():
     vectors = _unit(3, 4, seed=6)
     with pytest.raises(RetrievalError, match="unknown index backend 'annoy'"):
-        CIRIndex(vectors, ["a", "b", "c"], backend="annoy")
+        CIRIndex.build(vectors, ["a", "b", "c"], backend="annoy")
     with pytest.raises(RetrievalError, match="unique"):
-        CIRIndex(vectors, ["a", "a", "c"])
+        CIRIndex.build(vectors, ["a", "a", "c"])
     with pytest.raises(RetrievalError, match="2 ids for 3 embeddings"):
-        CIRIndex(vectors, ["a", "b"])
-    index = CIRIndex(vectors, ["a", "b", "c"])
+        CIRIndex.build(vectors, ["a", "b"])
+    index = CIRIndex.build(vectors, ["a", "b", "c"])
     with pytest.raises(RetrievalError, match=r"k=4 must be between 1 and the index size \(3\)"):
         index.search(vectors, 4)
     with pytest.raises(RetrievalError, match=r"shape \(Q, 4\)"):

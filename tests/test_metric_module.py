@@ -40,3 +40,34 @@ def test_metric_known_answer_and_bad_k(metric):
     assert result == {"recall@1": 50.0, "recall@2": 100.0}
     with pytest.raises(ValueError, match="recall@3 needs rankings of at least 3 ids"):
         metric.compute(predictions=[["a", "b"]], references=["b"], k_values=[3])
+
+
+# ------------------------------------------------------------------------------------------------- Space
+
+
+def test_readme_front_matter_is_an_evaluate_metric_space():
+    from huggingface_hub.repocard import metadata_load
+    from packaging.requirements import Requirement
+
+    meta = metadata_load(METRIC_DIR / "README.md")
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py" and meta["sdk_version"].startswith("3.")
+    assert {"evaluate", "metric"} <= set(meta["tags"]) and meta["title"] and meta["description"]
+    assert (METRIC_DIR / meta["app_file"]).is_file()
+    requirements = [Requirement(line) for line in (METRIC_DIR / "requirements.txt").read_text().split()]
+    assert "evaluate" in {r.name for r in requirements}
+
+
+def test_space_app_hands_this_folders_module_to_evaluates_widget(monkeypatch):
+    """app.py as the Space runs it, with evaluate's widget (which needs Gradio 3) replaced by a recorder."""
+    import runpy
+
+    evaluate = pytest.importorskip("evaluate")
+    launched = []
+    monkeypatch.setattr(evaluate.utils, "launch_gradio_widget", launched.append)
+    runpy.run_path(str(METRIC_DIR / "app.py"), run_name="__main__")
+    (module,) = launched
+    assert module.name == "cir_recall"
+    assert module.compute(predictions=[["a", "b"], ["c", "d"]], references=["b", "c"], k_values=[1, 2]) == {
+        "recall@1": 50.0,
+        "recall@2": 100.0,
+    }

@@ -1,0 +1,120 @@
+"""`python -m facap_eval.build_index`: an index folder from a tiny model and the synthetic gallery, equal to the
+evaluation's gallery embeddings; IVF-PQ; refusal by another model; bad input before encoding; 2 processes
+build the same index as one."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+import torch
+
+from facap_eval import Runtime, gallery_embeddings, load_model_and_processor
+from facap_eval.build_index import block_ranges, main
+from facap_retrieval.cache import model_fingerprint
+from facap_retrieval.index import MANIFEST_FILE, CIRIndex, IndexMismatchError, check_index
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _argv(model, dataset, out, *extra):
+    return ["--model", str(model), "--dataset", str(dataset), "--config", "dress-gallery", "--split", "validation",
+            "--out", str(out), "--batch-size", "8", "--no-progress", *extra]  # fmt: skip
+
+
+def _gallery(dataset):
+    return datasets.load_dataset(str(dataset), "dress-gallery", split="validation")
+
+
+def test_exact_index_holds_the_evaluation_embeddings_and_its_source(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+    assert main(_argv(tiny_model_dir, synthetic_dir, tmp_path / "index", "--block-size", "10")) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    model, processor = load_model_and_processor(tiny_model_dir, "cpu")
+    fingerprint = model_fingerprint(model, processor)
+    index = CIRIndex.load(tmp_path / "index", expect_model=fingerprint, expect_dim=model.config.embedding_dim)
+    with torch.inference_mode():
+        expected = gallery_embeddings(model, processor, _gallery(synthetic_dir), run=Runtime(batch_size=8, progress=False))
+    assert index.ids == list(expected.ids) and summary["images"] == len(expected.ids) > 10  # three blocks of 10
+    torch.testing.assert_close(index.embeddings, expected.embeddings.float())
+    assert index.source.config == "dress-gallery" and index.source.split == "validation"
+    assert index.source.gallery_fingerprint == expected.fingerprint
+    assert summary["backend"] == "exact" and summary["processes"] == 1 and summary["images_per_s"] > 0
+
+
+def test_ivfpq_index_records_its_parameters_and_refuses_another_model(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+    pytest.importorskip("faiss")
+    out = tmp_path / "pq"
+    assert main(_argv(tiny_model_dir, synthetic_dir, out, "--backend", "faiss-ivfpq", "--nlist", "2", "--nprobe", "2",
+                      "--m", "4", "--nbits", "3")) == 0  # fmt: skip
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["parameters"] == {"nlist": 2, "nprobe": 2, "m": 4, "nbits": 3} and not manifest["has_embeddings"]
+    model, processor = load_model_and_processor(tiny_model_dir, "cpu")
+    index = CIRIndex.load(out, expect_model=model_fingerprint(model, processor))
+    gallery = _gallery(synthetic_dir)
+    assert index.search(torch.nn.functional.normalize(torch.randn(2, index.dim), dim=1), 5).ids[0][0] in gallery["image_id"]
+    with torch.no_grad():
+        next(model.parameters()).add_(1.0)  # the same architecture, other weights
+    with pytest.raises(IndexMismatchError, match=f"{manifest['source']['model_fingerprint'][:12]}.*"
+                                                 f"{model_fingerprint(model, processor)[:12]}"):  # fmt: skip
+        check_index(out, model_fingerprint=model_fingerprint(model, processor), embedding_dim=index.dim)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--config", "hat-gallery"], "has no config 'hat-gallery'"),
+        (["--config", "dress"], "config 'dress' of .* is not a gallery: it lacks column\\(s\\) image_id, image"),
+        (["--backend", "faiss-ivfpq", "--m", "5"], "m=5 must divide the embedding width"),
+        (["--backend", "faiss-ivfpq", "--nbits", "8"], "nbits=8 trains 256 centroids .* gallery has \\d+ vectors"),
+        (["--block-size", "0"], "--block-size must be >= 1"),
+    ],
+)
+def test_bad_input_is_one_line_before_any_encoding(tiny_model_dir, synthetic_dir, tmp_path, capsys, monkeypatch, extra, message):
+    monkeypatch.setattr("facap_eval.build_index.gallery_embeddings", lambda *a, **k: pytest.fail("encoded"))
+    assert main([*_argv(tiny_model_dir, synthetic_dir, tmp_path / "index"), *extra]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and re.search(message, errors[0]) and "Traceback" not in err, err
+    assert not (tmp_path / "index").exists()
+
+
+def test_a_folder_of_other_files_is_never_replaced(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    assert main(_argv(tiny_model_dir, synthetic_dir, tmp_path / "mine")) == 2
+    assert "holds files that are not an index" in capsys.readouterr().err
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_two_processes_build_the_index_one_process_builds(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+        "-m", "facap_eval.build_index", *_argv(tiny_model_dir, synthetic_dir, tmp_path / "two", "--block-size", "9"),
+    ]  # fmt: skip
+    launched = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    summary = json.loads(launched.stdout.strip().splitlines()[-1])
+    assert summary["processes"] == 2  # a launch that silently ran one process would compare one with one
+    assert main(_argv(tiny_model_dir, synthetic_dir, tmp_path / "one")) == 0
+    two, one = CIRIndex.load(tmp_path / "two"), CIRIndex.load(tmp_path / "one")
+    assert two.ids == one.ids and two.source == one.source
+    torch.testing.assert_close(two.embeddings, one.embeddings)
+
+
+def test_blocks_cover_the_gallery_and_a_short_tail_joins_the_block_before():
+    assert block_ranges(28, 9, 2) == [range(0, 9), range(9, 18), range(18, 28)]  # 9, 9, 9 and a 1-row tail
+    assert block_ranges(28, 10, 2) == [range(0, 10), range(10, 20), range(20, 28)]
+    assert block_ranges(1, 10, 2) == [range(0, 1)]
