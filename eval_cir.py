@@ -69,6 +69,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--predictions", type=Path, help="write ranking files here (Fashion IQ format, or CIRR server files)")
     parser.add_argument("--report", type=Path, help="write the HTML + PNG visual report here")
     parser.add_argument("--report-samples", type=int, default=24, help="queries per config in the report (failures first)")
+    parser.add_argument(
+        "--update-card",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="merge this evaluation into MODEL_DIR/README.md (its model-index results and table)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 

@@ -7,10 +7,12 @@ import argparse
 import contextlib
 import logging
 import sys
+from pathlib import Path
 
 from facap_dataset.errors import DataError
 from facap_io.atomic import check_writable, write_json
 from facap_io.errors import FacapError
+from modeling_fashionblip2.hub import CARD_NAME, update_card
 from facap_retrieval.ranking import DEFAULT_CHUNK_BYTES
 from facap_retrieval.report import check_report_folder
 
@@ -18,7 +20,7 @@ from .distributed import launched_accelerator, launched_processes
 from .errors import EvalError
 from .evaluation import evaluate, evaluate_baseline
 from .model import load_model_and_processor, resolve_device
-from .outputs import format_results_table
+from .outputs import card_evaluation, format_results_table
 from .protocol import Protocol, Runtime
 
 EXIT_BAD_INPUT = 2
@@ -64,6 +66,8 @@ def _run(args: argparse.Namespace) -> int:
         print(format_results_table(results))
         if args.output is not None:
             write_json(args.output, results)
+        if args.update_card is not None:
+            print(f"card updated: {update_card(args.update_card, card_evaluation(args.dataset, results))}", file=sys.stderr)
     return 0
 
 
@@ -103,3 +107,8 @@ def check_output_places(args: argparse.Namespace) -> None:
             check_writable(place, what=option, folder=True)
     if args.report is not None:
         check_report_folder(args.report)
+    if args.update_card is not None:
+        card = Path(args.update_card) / CARD_NAME
+        if not card.is_file():
+            raise EvalError(f"--update-card {args.update_card}: no model card ({CARD_NAME}) to update there")
+        check_writable(card, what="--update-card")

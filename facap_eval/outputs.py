@@ -1,13 +1,16 @@
-"""What an evaluation writes besides results.json: Fashion IQ-format prediction files and the console table."""
+"""What an evaluation writes besides results.json: Fashion IQ-format prediction files, the console table and
+the evaluation a model card shows."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
+from facap_dataset.export import read_card_data
 from facap_io.atomic import write_json
 from facap_io.paths import inside, plain_name
 from facap_retrieval.ranking import Ranking
+from modeling_fashionblip2.hub import CardEvaluation
 
 from .protocol import CIRR_SUBSET_K_VALUES, PREDICTION_TOP_K, metric_key
 
@@ -61,3 +64,13 @@ def format_results_table(results: dict) -> str:
         f"missing_targets={sum(protocol['missing_targets'].values())} ties={protocol['ties']}"
     )
     return "\n".join(lines)
+
+
+def card_evaluation(dataset: str | os.PathLike, results: dict) -> CardEvaluation:
+    """`results` as one evaluation of a model card: named by the dataset card's pretty name (a built folder) or
+    the Hub id, identified by the folder's name or the Hub id."""
+    local = Path(dataset).expanduser()
+    card = read_card_data(local) if local.is_dir() else None
+    dataset_id = local.resolve().name if card is not None else str(dataset).removeprefix("hf://datasets/")
+    name = (card or {}).get("pretty_name") or dataset_id
+    return CardEvaluation(dataset_name=name, dataset_id=dataset_id, split=results["protocol"]["split"], results=results)
