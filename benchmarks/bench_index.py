@@ -19,8 +19,8 @@ the 4 that 1/8 of fp32 allows (docs/scaling.md).
 The gallery is N random unit vectors of width D (`blip2-vit-g`'s `embedding_dim`), generated in seeded
 chunks and never held whole in fp32: each chunk is added to the index and scored against the queries (exact
 top-k by chunked matmul, merged as it goes). Random vectors have no structure, so the query model is stated:
-each query is a noisy copy of a gallery vector (`normalize(g + NOISE * n / sqrt(D))`, cos(query, target)
-about 0.32), as a composed query lands near its target. Its target is the exact top 1; the other exact top-k
+each query is a noisy copy of a gallery vector (`normalize(g + noise * n / sqrt(D))`; at the default
+`--noise 3`, cos(query, target) is about 0.32), as a composed query lands near its target. Its target is the exact top 1; the other exact top-k
 items are the tail of N random inner products, packed closely together, which is the hard part for a lossy
 code. Worse, inverted lists cannot help there: those neighbours are spread evenly over the lists, so recall
 grows with nprobe / nlist (the sweep shows it); on real, clustered embeddings a small nprobe suffices
@@ -56,7 +56,7 @@ from facap_io.lists import int_list  # noqa: E402
 from facap_retrieval.index import FAISS_FILE, IndexBuilder, IndexOptions  # noqa: E402
 
 K_VALUES = (10, 50)
-NOISE = 3.0  # query = normalize(target + NOISE * n / sqrt(D)): cos(query, target) = 1 / sqrt(1 + NOISE**2)
+DEFAULT_NOISE = 3.0  # query = normalize(target + noise * n / sqrt(D)): cos(query, target) = 1 / sqrt(1 + noise**2)
 HEADLINE_BACKEND = "faiss-ivfpq"
 CHILD_ENV = {"HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 REPO = Path(__file__).resolve().parents[1]
@@ -84,13 +84,13 @@ def gallery_chunks(size: int, dim: int, chunk: int, seed: int):
         yield start, _unit_chunk(min(chunk, size - start), dim, seed * 100_003 + number)
 
 
-def noisy_queries(first_chunk: torch.Tensor, count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def noisy_queries(first_chunk: torch.Tensor, count: int, noise_scale: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """`count` queries near gallery rows of the first chunk (rows are exchangeable: any chunk would do) and
     their target rows."""
     generator = torch.Generator().manual_seed(seed + 7)
     targets = torch.randperm(len(first_chunk), generator=generator)[:count]
     noise = torch.randn(count, first_chunk.shape[1], generator=generator) / first_chunk.shape[1] ** 0.5
-    return torch.nn.functional.normalize(first_chunk[targets] + NOISE * noise, dim=1), targets
+    return torch.nn.functional.normalize(first_chunk[targets] + noise_scale * noise, dim=1), targets
 
 
 class RunningTopK:
@@ -139,7 +139,7 @@ def faiss_size(size: int, dim: int, args, backends: list[str]) -> dict:
     exact, queries, targets, add_s = None, None, None, dict.fromkeys(backends, 0.0)
     for start, rows in gallery_chunks(size, dim, args.chunk, args.seed):
         if queries is None:
-            queries, targets = noisy_queries(rows, args.queries, args.seed)
+            queries, targets = noisy_queries(rows, args.queries, args.noise, args.seed)
             exact = RunningTopK(queries, max(K_VALUES))
         exact.add(start, rows)
         ids = [str(i) for i in range(start, start + len(rows))]
@@ -242,6 +242,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int_list, default=[100_000], help="gallery sizes, e.g. 100000,1000000")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--noise", type=float, default=DEFAULT_NOISE, help="query noise: larger is harder")
     parser.add_argument("--preset", default="blip2-vit-g", help="the preset whose embedding_dim is the width")
     parser.add_argument("--backends", default=HEADLINE_BACKEND, help="comma list of FAISS backends")
     parser.add_argument("--nlist", type=int, default=256)
@@ -254,10 +255,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-faiss", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
-    parser.add_argument("--encode-images", type=int, default=3000, help="synthetic set size for the encoding runs")
+    parser.add_argument("--encode-images", type=int, default=50_000, help="synthetic set size for the encoding runs (its dress validation gallery is about 10 %)")
     parser.add_argument("--encode-batch-size", type=int, default=32)
     args = parser.parse_args()
-    result = {"query_model": f"noisy copy of a gallery vector: normalize(g + {NOISE} n / sqrt(D)), n ~ N(0, I)"}
+    cosine = 1 / (1 + args.noise**2) ** 0.5
+    result = {"query_model": f"noisy copy of a gallery vector: normalize(g + {args.noise} n / sqrt(D)), n ~ N(0, I); "
+                             f"cos(query, target) about {cosine:.2f}"}  # fmt: skip
     if not args.skip_encoding:
         with tempfile.TemporaryDirectory(prefix="bench_index_") as work:
             result["encoding"] = encoding(Path(work), args.encode_images, args.encode_batch_size)

@@ -184,7 +184,8 @@ def encoded_blocks(model, processor, gallery, plan: BuildPlan, runtime: Runtime,
                    timer: _Timer) -> Iterator[tuple[torch.Tensor, list[str]] | None]:  # fmt: skip
     """`(embeddings (n, D) fp32, ids)` of each block of `plan.block_size` gallery rows on the main process,
     None on the others; every process must consume every block (each is a collective)."""
-    for rows in block_ranges(len(gallery), plan.block_size, runtime.num_processes):
+    for start in range(0, len(gallery), plan.block_size):
+        rows = range(start, min(start + plan.block_size, len(gallery)))
         block = gallery.select(rows)
         started = time.perf_counter()
         with torch.inference_mode():
@@ -192,15 +193,6 @@ def encoded_blocks(model, processor, gallery, plan: BuildPlan, runtime: Runtime,
                                           run=runtime, model_fp=model_fp)  # fmt: skip
         timer.seconds += time.perf_counter() - started
         yield None if embedded is None else (embedded.embeddings.float().cpu(), list(embedded.ids))
-
-
-def block_ranges(size: int, block_size: int, processes: int) -> list[range]:
-    """Contiguous blocks of `block_size` rows covering `range(size)`; a last block shorter than the number of
-    processes joins the one before it, so that every block gives each process a row when it can."""
-    starts = list(range(0, size, block_size))
-    if len(starts) > 1 and size - starts[-1] < processes:
-        starts.pop()
-    return [range(start, stop) for start, stop in zip(starts, starts[1:] + [size])]
 
 
 def folder_bytes(folder: Path) -> int:

@@ -1,6 +1,6 @@
 """`python -m facap_eval.build_index`: an index folder from a tiny model and the synthetic gallery, equal to the
 evaluation's gallery embeddings; IVF-PQ; refusal by another model; bad input before encoding; 2 processes
-build the same index as one."""
+build the same index as one, and stop together, before encoding, when they see different galleries."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from facap_eval import Runtime, gallery_embeddings, load_model_and_processor
-from facap_eval.build_index import block_ranges, main
+from facap_eval.build_index import main
 from facap_retrieval.cache import model_fingerprint
 from facap_retrieval.index import MANIFEST_FILE, CIRIndex, IndexMismatchError, check_index
 
@@ -98,23 +98,40 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_two_processes_build_the_index_one_process_builds(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+LAUNCHED = """import json, os, sys
+from facap_eval import build_index
+
+rank = int(os.environ["RANK"])
+work, argv = sys.argv[1], sys.argv[2:]
+codes = {"build": build_index.main(argv)}
+encoded = []
+original = build_index.gallery_embeddings
+build_index.gallery_embeddings = lambda *a, **k: encoded.append(1) or original(*a, **k)
+split = ["validation", "test"][rank]  # the processes see different galleries
+codes["mismatch"] = build_index.main([*argv, "--out", work + "/mismatch", "--split", split])  # the last --out wins
+codes["encoded_on_mismatch"] = len(encoded)
+with open(f"{work}/codes-{rank}.json", "w") as stream:
+    json.dump(codes, stream)
+"""
+
+
+def test_two_processes_build_the_index_one_process_builds(tiny_model_dir, synthetic_dir, tmp_path):
+    script = tmp_path / "launched.py"
+    script.write_text(LAUNCHED)
+    argv = _argv(tiny_model_dir, synthetic_dir, tmp_path / "two", "--block-size", "9")
     command = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-        "-m", "facap_eval.build_index", *_argv(tiny_model_dir, synthetic_dir, tmp_path / "two", "--block-size", "9"),
-    ]  # fmt: skip
+        str(script), str(tmp_path), *argv,
+    ]  # fmt: skip  (blocks of 9, 9, 9 and 1 gallery rows: the last leaves one process without a row)
     launched = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    summary = json.loads(launched.stdout.strip().splitlines()[-1])
+    summary = json.loads(launched.stdout.strip().splitlines()[0])
     assert summary["processes"] == 2  # a launch that silently ran one process would compare one with one
+    codes = [json.loads((tmp_path / f"codes-{rank}.json").read_text()) for rank in (0, 1)]
+    assert codes == [{"build": 0, "mismatch": 2, "encoded_on_mismatch": 0}] * 2
+    assert launched.stderr.count("error: processes see different galleries") == 2 and not (tmp_path / "mismatch").exists()
     assert main(_argv(tiny_model_dir, synthetic_dir, tmp_path / "one")) == 0
     two, one = CIRIndex.load(tmp_path / "two"), CIRIndex.load(tmp_path / "one")
     assert two.ids == one.ids and two.source == one.source
     torch.testing.assert_close(two.embeddings, one.embeddings)
-
-
-def test_blocks_cover_the_gallery_and_a_short_tail_joins_the_block_before():
-    assert block_ranges(28, 9, 2) == [range(0, 9), range(9, 18), range(18, 28)]  # 9, 9, 9 and a 1-row tail
-    assert block_ranges(28, 10, 2) == [range(0, 10), range(10, 20), range(20, 28)]
-    assert block_ranges(1, 10, 2) == [range(0, 1)]

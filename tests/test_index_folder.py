@@ -22,14 +22,10 @@ from facap_retrieval.index import (
     save_embeddings,
 )
 from facap_retrieval.ranking import RetrievalError
+from test_index import _unit
 
 SOURCE = IndexSource(model_fingerprint="a" * 64, model="tiny-model", dataset="synthetic", config="dress-gallery",
                      split="validation", gallery_fingerprint="b" * 64)  # fmt: skip
-
-
-def _unit(rows, dim, seed):
-    generator = torch.Generator().manual_seed(seed)
-    return torch.nn.functional.normalize(torch.randn(rows, dim, generator=generator), dim=1)
 
 
 @pytest.fixture(scope="module")
