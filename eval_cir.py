@@ -68,6 +68,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", type=Path, help="cache gallery embeddings here (keyed by model and data fingerprints)")
     parser.add_argument("--predictions", type=Path, help="write ranking files here (Fashion IQ format, or CIRR server files)")
     parser.add_argument("--report", type=Path, help="write the HTML + PNG visual report here")
+    parser.add_argument(
+        "--index",
+        action="append",
+        default=[],
+        metavar="[CONFIG=]DIR",
+        help="a saved index folder (python -m facap_eval.build_index --keep-embeddings, or the exact backend) whose "
+        "embeddings serve as that gallery's instead of encoding it; refused unless built by this model from "
+        "this gallery (CONFIG, e.g. dress-gallery, may be left out with one config)",
+    )
     parser.add_argument("--report-samples", type=int, default=24, help="queries per config in the report (failures first)")
     parser.add_argument(
         "--update-card",

@@ -43,25 +43,6 @@ def gallery_configs(dataset: OpenedDataset, requested: Sequence[str] | None) -> 
     return list(requested)
 
 
-def parse_index_options(values: Sequence[str], configs: Sequence[str]) -> dict[str, Path]:
-    """Map `--index [CONFIG=]DIR` items onto the gallery configs they index."""
-    mapping: dict[str, Path] = {}
-    for value in values:
-        config, sep, folder = value.partition("=")
-        if not sep:
-            config, folder = "", value
-        if not config:
-            if len(configs) != 1:
-                raise AppError(f"--index {value}: name its config (CONFIG=DIR) when searching {len(configs)} configs")
-            config = configs[0]
-        if config not in configs:
-            raise AppError(f"--index {value}: config {config!r} is not among the searched configs {list(configs)}")
-        if not Path(folder).is_dir():
-            raise AppError(f"--index {value}: no such index folder {folder!r}")
-        mapping[config] = Path(folder)
-    return mapping
-
-
 @dataclass
 class Catalogue:
     """One gallery config: ids, encoded image bytes (decoded only when shown or queried) and its index."""

@@ -9,8 +9,9 @@ import gradio as gr
 
 from facap_dataset.loading import open_dataset
 from facap_retrieval.cache import model_fingerprint
+from facap_retrieval.index import index_folders
 
-from .catalogue import ModelInfo, gallery_configs, load_catalogue, load_examples, parse_index_options
+from .catalogue import ModelInfo, gallery_configs, load_catalogue, load_examples
 from .errors import AppError
 from .model import embedding_width, load_model, select_device
 from .options import DEFAULT_DATASET, AppOptions
@@ -32,7 +33,7 @@ def create_app(options: AppOptions, files_dir: Path) -> tuple[gr.Blocks, SearchE
     """Load everything the demo needs and build its page; raises one of `USER_ERRORS` on bad input."""
     dataset = _open_dataset(options.dataset)
     configs = gallery_configs(dataset, options.configs)
-    index_dirs = parse_index_options(options.indexes, configs)
+    index_dirs = index_folders(options.indexes, configs)
     device = select_device(options.device)
     model, processor = load_model(options.model, device, trust_remote_code=options.trust_remote_code)
     # Hashing the weights costs seconds for a BLIP-2-sized model: once, and only when an index needs it.

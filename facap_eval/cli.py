@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 
 from facap_dataset.errors import DataError
+from facap_dataset.schema import gallery_config
 from facap_io.atomic import check_writable, write_json
 from facap_io.errors import FacapError
 from modeling_fashionblip2.hub import CARD_NAME, update_card
+from facap_retrieval.index import index_folders
 from facap_retrieval.ranking import DEFAULT_CHUNK_BYTES
 from facap_retrieval.report import check_report_folder
 
@@ -94,6 +96,7 @@ def runtime_from_args(args: argparse.Namespace, accelerator) -> Runtime:
         predictions_dir=args.predictions,
         report_dir=args.report,
         report_samples=args.report_samples,
+        indexes=index_folders(args.index, [gallery_config(config) for config in args.configs]),
         accelerator=accelerator,
     )
 

@@ -16,9 +16,10 @@ from typing import Sequence
 
 import torch
 
-from facap_dataset.schema import FASHIONIQ_CATEGORIES
+from facap_dataset.schema import FASHIONIQ_CATEGORIES, gallery_config
 from facap_io.atomic import check_writable
 from facap_retrieval.cache import model_fingerprint
+from facap_retrieval.index import check_index
 from facap_retrieval.ranking import NO_INDEX, Ranking, RetrievalError, rank_gallery, recall_at_k
 from facap_retrieval.report import check_report_folder, write_report
 
@@ -106,6 +107,7 @@ def _evaluate(model, processor, dataset, configs, protocol: Protocol, run: Runti
         encoder = Encoder(model, processor, run, place_model(model, run.device, accelerator))
         model_fp = model_fingerprint(model, processor)
         check_same(accelerator, "models", {"model fingerprint": model_fp})
+        _check_indexes(planned, run, model_fp)
         results = {}
         for name, data in planned.items():  # one config at a time: its embeddings are freed before the next
             gallery, queries = _encode(encoder, data, mode, protocol, model_fp)
@@ -142,6 +144,21 @@ def _prepare(dataset, names, protocol: Protocol, run: Runtime):
     return opened, planned
 
 
+def _check_indexes(planned: dict[str, ConfigData], run: Runtime, model_fp: str) -> None:
+    """Every index folder given must belong to an evaluated gallery, this model and that gallery: checked
+    from the manifests before anything is encoded."""
+    galleries = {gallery_config(name): data for name, data in planned.items()}
+    for config, folder in run.indexes.items():
+        if config not in galleries:
+            raise EvalError(f"--index {config}={folder}: {config!r} is not an evaluated gallery ({', '.join(galleries)})")
+        manifest = check_index(folder, model_fingerprint=model_fp, gallery_fingerprint=galleries[config].gallery_fingerprint)
+        if not manifest.has_embeddings:
+            raise EvalError(
+                f"index {folder} ({manifest.backend}) keeps no embeddings, so it cannot serve exact "
+                "evaluation; build it with --keep-embeddings or the exact backend"
+            )
+
+
 def _identity(planned: dict[str, ConfigData], protocol: Protocol) -> dict:
     """What every process must agree on before encoding."""
     identity = {"protocol": repr(protocol)}
@@ -153,7 +170,10 @@ def _identity(planned: dict[str, ConfigData], protocol: Protocol) -> dict:
 
 
 def _encode(encoder: Encoder, data: ConfigData, mode: str, protocol: Protocol, model_fp: str):
-    gallery = embed_gallery(encoder, data.gallery, data.gallery_ids, data.gallery_fingerprint, model_fp, data.name)
+    index_dir = encoder.run.indexes.get(gallery_config(data.name))
+    gallery = embed_gallery(
+        encoder, data.gallery, data.gallery_ids, data.gallery_fingerprint, model_fp, data.name, index_dir
+    )
     if mode == "image-only" and gallery.embeddings.ndim != 2:
         raise EvalError("the image-only baseline needs (N, D) candidate embeddings (a multihead model)")
     queries = encoder.queries(data.triplets, mode, protocol.caption_join, f"{data.name} queries")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import datasets
@@ -18,14 +19,18 @@ from facap_retrieval.cache import (
     save_cached_gallery,
 )
 
+from facap_retrieval.index import CIRIndex
+
 from .distributed import agree, gather_objects
 from .encoding import Encoder
+from .errors import EvalError
 from .model import evaluation_mode, place_model
 from .protocol import Runtime
 
 logger = logging.getLogger(__name__)
 
-CACHE_STATES = ("off", "hit", "miss", "rebuilt")  # rebuilt: an untrustworthy entry was encoded again
+CACHE_STATES = ("off", "hit", "miss", "rebuilt", "index")  # rebuilt: an untrustworthy entry was encoded again;
+# index: read from a saved index folder (`Runtime.indexes`)
 
 
 @dataclass(frozen=True)
@@ -77,11 +82,16 @@ def gallery_ids(gallery: datasets.Dataset, name: str) -> tuple[str, ...]:
 
 
 def embed_gallery(
-    encoder: Encoder, gallery: datasets.Dataset, ids: tuple[str, ...], fingerprint: str, model_fp: str | None, name: str
+    encoder: Encoder, gallery: datasets.Dataset, ids: tuple[str, ...], fingerprint: str, model_fp: str | None, name: str,
+    index_dir: os.PathLike | None = None,
 ) -> GalleryEmbeddings:
-    """The gallery's embeddings on every process: from the cache when every process reads a valid entry,
-    else encoded (sharded) and written to the cache by the main process."""
+    """The gallery's embeddings on every process: from `index_dir` when given, from the cache when every process
+    reads a valid entry, else encoded (sharded) and written to the cache by the main process."""
     run = encoder.run
+    if index_dir is not None:
+        model_fp = model_fp or model_fingerprint(encoder.model, encoder.processor)
+        return GalleryEmbeddings(index_embeddings(index_dir, ids, fingerprint, model_fp).to(encoder.device), ids,
+                                 fingerprint, "index")
     if run.cache_dir is None:
         return GalleryEmbeddings(encoder.gallery(gallery, f"{name} gallery"), ids, fingerprint, "off")
     model_fp = model_fp or model_fingerprint(encoder.model, encoder.processor)
@@ -97,3 +107,12 @@ def embed_gallery(
     # written once, by the main process; `agree` is also the barrier after which every process may read it
     agree(run.accelerator, lambda: save_cached_gallery(run.cache_dir, key, embeddings, ids) if run.is_main_process else None)
     return GalleryEmbeddings(embeddings, ids, fingerprint, state)
+
+
+def index_embeddings(index_dir: os.PathLike, ids: tuple[str, ...], fingerprint: str, model_fp: str) -> torch.Tensor:
+    """The embeddings an index folder keeps (`evaluate` checked that it keeps them), once it proves to be this
+    model's index of this gallery."""
+    index = CIRIndex.load(index_dir, expect_model=model_fp, expect_gallery=fingerprint)
+    if tuple(index.ids) != ids:
+        raise EvalError(f"index {index_dir} lists other gallery ids than the gallery it is evaluated on")
+    return index.embeddings

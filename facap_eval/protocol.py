@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 
@@ -120,6 +120,8 @@ class Runtime:
     cache_dir: gallery-embedding cache keyed by model and data fingerprints (None: no cache).
     predictions_dir: ranking files (Fashion IQ's format, or CIRR's test-server files).
     report_dir: the HTML + PNG visual report, `report_samples` queries per config.
+    indexes: gallery config -> a saved index folder whose stored embeddings serve as that gallery's (instead of
+        encoding it); refused unless it was built by this model from this gallery and keeps its embeddings.
     accelerator: an `accelerate.Accelerator` of N processes shards the encoding; ranking and recall run on
         the main process, which alone gets the results.
     """
@@ -133,6 +135,7 @@ class Runtime:
     predictions_dir: str | os.PathLike | None = None
     report_dir: str | os.PathLike | None = None
     report_samples: int = 24
+    indexes: Mapping[str, os.PathLike] = field(default_factory=dict)
     accelerator: Any = field(default=None, compare=False)
 
     def __post_init__(self):

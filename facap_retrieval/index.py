@@ -581,3 +581,23 @@ def recall_vs_exact(index: CIRIndex, query_embeddings: torch.Tensor, k: int, exa
     found = index.search(query_embeddings, k).indices
     overlap = [len(set(a) & set(b)) for a, b in zip(exact.tolist(), found.tolist())]
     return sum(overlap) / (k * len(overlap))
+
+
+def index_folders(values: Sequence[str], configs: Sequence[str]) -> dict[str, Path]:
+    """Map `--index [CONFIG=]DIR` options onto the gallery configs they index (CONFIG may be left out when
+    there is one config); an unknown config or a missing folder is a RetrievalError naming the option."""
+    mapping: dict[str, Path] = {}
+    for value in values:
+        config, sep, folder = value.partition("=")
+        if not sep:
+            config, folder = "", value
+        if not config:
+            if len(configs) != 1:
+                raise RetrievalError(f"--index {value}: name its config (CONFIG=DIR) when there are {len(configs)} configs")
+            config = configs[0]
+        if config not in configs:
+            raise RetrievalError(f"--index {value}: config {config!r} is not among {list(configs)}")
+        if not Path(folder).is_dir():
+            raise RetrievalError(f"--index {value}: no such index folder {folder!r}")
+        mapping[config] = Path(folder)
+    return mapping

@@ -28,7 +28,8 @@ from facap_app.search import MAX_QUERY_SIDE
 from facap_app.startup import create_app, launch
 from facap_dataset.captions import join_captions
 from facap_dataset.loading import open_dataset
-from facap_retrieval.index import CIRIndex
+from facap_retrieval.index import CIRIndex, index_folders
+from facap_retrieval.ranking import RetrievalError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
@@ -133,13 +134,13 @@ def test_index_of_another_gallery_or_model_is_refused(demo_app, tiny_model_dir, 
 
 
 def test_index_option_needs_its_config_when_several_are_searched(tmp_path):
-    with pytest.raises(AppError, match="name its config"):
-        app_catalogue.parse_index_options([str(tmp_path)], ["dress-gallery", "shirt-gallery"])
-    with pytest.raises(AppError, match="not among the searched configs"):
-        app_catalogue.parse_index_options([f"skirt-gallery={tmp_path}"], ["dress-gallery"])
-    with pytest.raises(AppError, match="no such index folder"):
-        app_catalogue.parse_index_options([str(tmp_path / "missing")], ["dress-gallery"])
-    assert app_catalogue.parse_index_options([f"shirt-gallery={tmp_path}"], ["dress-gallery", "shirt-gallery"]) == {
+    with pytest.raises(RetrievalError, match="name its config"):
+        index_folders([str(tmp_path)], ["dress-gallery", "shirt-gallery"])
+    with pytest.raises(RetrievalError, match="not among"):
+        index_folders([f"skirt-gallery={tmp_path}"], ["dress-gallery"])
+    with pytest.raises(RetrievalError, match="no such index folder"):
+        index_folders([str(tmp_path / "missing")], ["dress-gallery"])
+    assert index_folders([f"shirt-gallery={tmp_path}"], ["dress-gallery", "shirt-gallery"]) == {
         "shirt-gallery": tmp_path
     }
 
