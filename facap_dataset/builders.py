@@ -1,13 +1,14 @@
 """Builders for the real datasets: Fashion IQ, FACap and enhFashionIQ (CIRR in `cirr`).
 
-Each builder reads a raw release (`readers`), prepares every image it needs once (in `num_proc`
-processes), assembles one triplet config per category plus its `{category}-gallery` config, and writes
-them with the shared writer (`export.write_dataset`) together with a dataset card that records the
-source, the licence, the build command and what was skipped.
+Each builder reads a raw release (`readers`) and hands a `BuildPlan` to `build`, the sequence every
+builder shares: it prepares every image the plan needs once (in `BuildOptions.num_proc` processes),
+assembles one triplet config per category plus its `{category}-gallery` config, and writes them with the
+shared writer (`export.write_dataset`) together with a dataset card that records the source, the licence,
+the build command and what was skipped.
 
 Missing or unreadable images are an error naming the first few and the count, unless
-`on_missing="skip"`: then every triplet and gallery entry that needs such an image is dropped and the
-counts go into the card. Image paths from the annotations never leave their image root.
+`BuildOptions(on_missing="skip")`: then every triplet and gallery entry that needs such an image is
+dropped and the counts go into the card. Image paths from the annotations never leave their image root.
 
 Degenerate triplets follow one rule in every builder (`drop_degenerate`): a triplet whose target is its own
 reference is dropped (there is nothing to compose), and of exact repeats (same reference, target and
@@ -112,7 +113,8 @@ class BuildOptions:
         return cls(on_missing=args.on_missing, num_proc=args.num_proc, overwrite=args.overwrite, progress=True)
 
     def recorded(self) -> dict[str, object]:
-        """The options the card records (those that change the built data)."""
+        """The common options the card records, after the builder's own (whether the build overwrote a folder
+        or showed progress says nothing about the data)."""
         return {"on_missing": self.on_missing, "num_proc": self.num_proc}
 
 
