@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from datasets import load_dataset  # noqa: E402
 
-from facap_dataset.builders import build_fashioniq  # noqa: E402
+from facap_dataset.builders import BuildOptions, build_fashioniq  # noqa: E402
 from facap_dataset.images import encode_jpeg  # noqa: E402
 from facap_dataset.schema import FASHIONIQ_CATEGORIES, gallery_config  # noqa: E402
 
@@ -113,7 +113,9 @@ def main() -> None:
             bare_times.append(bare_reencode(files))
             log(f"bare: {bare_times[-1]:.2f} s; build with --num-proc {args.num_proc} ...")
             start = time.perf_counter()
-            configs = build_fashioniq(tmp / "raw", tmp / "out", splits=["validation"], num_proc=args.num_proc)
+            configs = build_fashioniq(
+                tmp / "raw", tmp / "out", splits=["validation"], options=BuildOptions(num_proc=args.num_proc)
+            )
             build_times.append(time.perf_counter() - start)
         bare_s, build_s = min(bare_times), min(build_times)
         log(f"build: {build_s:.2f} s; loading every config twice ...")

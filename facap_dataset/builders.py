@@ -1,13 +1,14 @@
 """Builders for the real datasets: Fashion IQ, FACap and enhFashionIQ (CIRR in `cirr`).
 
-Each builder reads a raw release (`readers`), prepares every image it needs once (in `num_proc`
-processes), assembles one triplet config per category plus its `{category}-gallery` config, and writes
-them with the shared writer (`export.write_dataset`) together with a dataset card that records the
-source, the licence, the build command and what was skipped.
+Each builder reads a raw release (`readers`) and hands a `BuildPlan` to `build`, the sequence every
+builder shares: it prepares every image the plan needs once (in `BuildOptions.num_proc` processes),
+assembles one triplet config per category plus its `{category}-gallery` config, and writes them with the
+shared writer (`export.write_dataset`) together with a dataset card that records the source, the licence,
+the build command and what was skipped.
 
 Missing or unreadable images are an error naming the first few and the count, unless
-`on_missing="skip"`: then every triplet and gallery entry that needs such an image is dropped and the
-counts go into the card. Image paths from the annotations never leave their image root.
+`BuildOptions(on_missing="skip")`: then every triplet and gallery entry that needs such an image is
+dropped and the counts go into the card. Image paths from the annotations never leave their image root.
 
 Degenerate triplets follow one rule in every builder (`drop_degenerate`): a triplet whose target is its own
 reference is dropped (there is nothing to compose), and of exact repeats (same reference, target and
@@ -23,7 +24,8 @@ import os
 import sys
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import partial
 from hashlib import sha256
 from pathlib import Path
 
@@ -83,6 +85,59 @@ class BuildNotes:
 
     skipped: Counter = field(default_factory=Counter)
     skipped_images: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The options every real-data builder takes, checked on construction.
+
+    `on_missing`: "error" (a missing or unreadable image fails the build) or "skip" (drop what needs it and
+    count it in the card); `num_proc`: processes that verify and encode images; `overwrite`: replace an
+    output folder holding a different dataset; `progress`: show progress bars.
+    """
+
+    on_missing: str = "error"
+    num_proc: int = 1
+    overwrite: bool = False
+    progress: bool = False
+
+    def __post_init__(self) -> None:
+        if self.on_missing not in ON_MISSING_CHOICES:
+            raise DataError(f"unknown on_missing {self.on_missing!r}; expected one of: {', '.join(ON_MISSING_CHOICES)}")
+        if self.num_proc < 1:
+            raise DataError(f"num_proc must be at least 1, got {self.num_proc}")
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> BuildOptions:
+        """The options of a parsed `build` command line (which always shows progress)."""
+        return cls(on_missing=args.on_missing, num_proc=args.num_proc, overwrite=args.overwrite, progress=True)
+
+    def recorded(self) -> dict[str, object]:
+        """The common options the card records, after the builder's own (whether the build overwrote a folder
+        or showed progress says nothing about the data)."""
+        return {"on_missing": self.on_missing, "num_proc": self.num_proc}
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """One builder's own part of a build, once its sources are read; `build` does the rest.
+
+    `card` holds the builder's card text; `build` fills in its build command, options and skipped counts,
+    and appends the skipped-images section to its `extra_sections`. `options` are the builder's own options
+    in command-line order (path values are recorded as strings); the common ones follow them.
+    `image_paths` maps an image key to its path under `images_dir` when it is not `<key><suffix>`.
+    """
+
+    command: str  # the `build` sub-command, e.g. "fashioniq"
+    sources: Mapping[str, Mapping[str, SplitSource]]
+    images_dir: Path
+    suffix: str
+    options: Mapping[str, object]
+    card: DatasetCardInfo
+    notes: BuildNotes = field(default_factory=BuildNotes)
+    image_captions: Mapping[str, Mapping[str, str]] | None = None
+    extra_features: Features | None = None
+    image_paths: Mapping[str, str] | None = None
 
 
 def check_choice(kind: str, values: Sequence[str], allowed: Sequence[str]) -> list[str]:
@@ -402,13 +457,6 @@ def _image_keys(sources: Mapping[str, Mapping[str, SplitSource]]) -> list[str]:
     )
 
 
-def check_common(on_missing: str, num_proc: int) -> None:
-    if on_missing not in ON_MISSING_CHOICES:
-        raise DataError(f"unknown on_missing {on_missing!r}; expected one of: {', '.join(ON_MISSING_CHOICES)}")
-    if num_proc < 1:
-        raise DataError(f"num_proc must be at least 1, got {num_proc}")
-
-
 def command_line(source: str, options: Mapping[str, object]) -> str:
     parts = ["python -m facap_dataset build", source]
     for name, value in options.items():
@@ -432,36 +480,43 @@ def skipped_images_section(notes: BuildNotes) -> dict[str, str]:
     return {"Skipped images": f"Images dropped with `--on-missing skip`, with every row that needed them:\n\n{body}"}
 
 
-def finish(
-    sources: Mapping[str, Mapping[str, SplitSource]],
-    images_dir: Path,
-    suffix: str,
-    notes: BuildNotes,
-    *,
-    out_dir: str | os.PathLike | None,
-    card: Callable[[BuildNotes], DatasetCardInfo],
-    on_missing: str,
-    num_proc: int,
-    overwrite: bool,
-    progress: bool,
-    image_captions: Mapping[str, Mapping[str, str]] | None = None,
-    extra_features: Features | None = None,
-    image_paths: Mapping[str, str] | None = None,
-) -> dict[str, DatasetDict]:
-    """The steps every builder shares once its sources are read: images, policy, assembly, writing.
-    `image_paths` maps an image key to its path under `images_dir` when it is not `<key><suffix>`."""
-    if out_dir is not None:  # before the long part: an output folder it may not write fails now
-        check_destination(out_dir, card(notes).pretty_name, overwrite)
-    prepared = prepare_images(
-        _image_keys(sources), images_dir, suffix, num_proc=num_proc, progress=progress, paths=image_paths
+def _recorded(plan: BuildPlan, options: BuildOptions) -> dict[str, object]:
+    own = {name: os.fspath(value) if isinstance(value, os.PathLike) else value for name, value in plan.options.items()}
+    return own | options.recorded()
+
+
+def _card(plan: BuildPlan, recorded: Mapping[str, object]) -> DatasetCardInfo:
+    return replace(
+        plan.card,
+        build_command=command_line(plan.command, recorded),
+        options=recorded,
+        skipped=dict(plan.notes.skipped),
+        extra_sections={**plan.card.extra_sections, **skipped_images_section(plan.notes)},
     )
-    apply_missing_policy(prepared, on_missing, notes)
-    configs = assemble(sources, prepared.data, notes, image_captions, extra_features)
+
+
+def build(plan: BuildPlan, out_dir: str | os.PathLike | None, options: BuildOptions) -> dict[str, DatasetDict]:
+    """The steps every builder shares once its sources are read: destination check, images, missing-image
+    policy, assembly, notes on stderr, writing with the card. Writes `out_dir` (unless None); returns the
+    configs (config name -> DatasetDict)."""
+    recorded = _recorded(plan, options)
+    if out_dir is not None:  # before the long part: an output folder it may not write fails now
+        check_destination(out_dir, plan.card.pretty_name, options.overwrite)
+    prepared = prepare_images(
+        _image_keys(plan.sources),
+        plan.images_dir,
+        plan.suffix,
+        num_proc=options.num_proc,
+        progress=options.progress,
+        paths=plan.image_paths,
+    )
+    apply_missing_policy(prepared, options.on_missing, plan.notes)
+    configs = assemble(plan.sources, prepared.data, plan.notes, plan.image_captions, plan.extra_features)
     del prepared  # the Arrow tables hold copies of the bytes now: lower the peak memory while writing
-    for reason, count in notes.skipped.items():
+    for reason, count in plan.notes.skipped.items():
         print(f"note: {reason}: {count}", file=sys.stderr)
     if out_dir is not None:
-        write_dataset(out_dir, configs, card=card(notes), overwrite=overwrite)
+        write_dataset(out_dir, configs, card=_card(plan, recorded), overwrite=options.overwrite)
     return configs
 
 
@@ -488,63 +543,52 @@ def build_fashioniq(
     images_dir: str | os.PathLike | None = None,
     categories: Sequence[str] | None = None,
     splits: Sequence[str] | None = None,
-    on_missing: str = "error",
-    num_proc: int = 1,
-    overwrite: bool = False,
-    progress: bool = False,
+    options: BuildOptions = BuildOptions(),
 ) -> dict[str, DatasetDict]:
     """Build Fashion IQ from its release (`raw_dir/captions`, `raw_dir/image_splits`, `raw_dir/images`).
 
     Configs `dress`, `shirt`, `toptee` (test targets are null) and their `-gallery` configs; by default
     every category and split that has a caption file. Writes `out_dir` (unless None) and returns the configs.
     """
-    check_common(on_missing, num_proc)
     raw_dir = Path(raw_dir)
     images = Path(images_dir) if images_dir is not None else raw_dir / "images"
     categories = _fashioniq_categories(raw_dir / "captions", categories)
     sources = fashioniq_sources(raw_dir, categories, splits)
-    options = {
-        "raw_dir": os.fspath(raw_dir),
-        "out": os.fspath(out_dir) if out_dir is not None else None,
-        "images_dir": os.fspath(images),
+    card = DatasetCardInfo(
+        pretty_name="Fashion IQ",
+        description=(
+            "Fashion IQ composed image retrieval: a reference product image, two crowd-sourced relative "
+            "captions and the target product, for the categories "
+            f"{', '.join(categories)}. Test targets are hidden in the release (null here). Each "
+            "`{category}-gallery` config is the release's gallery of that split (`image_splits/`). "
+            "Captions are kept exactly as released (some are empty or start with a space)."
+        ),
+        source=FASHIONIQ_SOURCE,
+        license="other",
+        **FASHIONIQ_LICENSE,
+        citations=(citations.FASHIONIQ,),
+        build_command="",  # filled in by `build`
+    )
+    own = {
+        "raw_dir": raw_dir,
+        "out": out_dir,
+        "images_dir": images,
         "categories": categories,
         "splits": [s for s in SPLITS if any(s in found for found in sources.values())],
-        "on_missing": on_missing,
-        "num_proc": num_proc,
     }
+    return build(BuildPlan("fashioniq", sources, images, ".jpg", own, card), out_dir, options)
 
-    def card(notes: BuildNotes) -> DatasetCardInfo:
-        return DatasetCardInfo(
-            pretty_name="Fashion IQ",
-            description=(
-                "Fashion IQ composed image retrieval: a reference product image, two crowd-sourced relative "
-                "captions and the target product, for the categories "
-                f"{', '.join(categories)}. Test targets are hidden in the release (null here). Each "
-                "`{category}-gallery` config is the release's gallery of that split (`image_splits/`). "
-                "Captions are kept exactly as released (some are empty or start with a space)."
-            ),
-            source=FASHIONIQ_SOURCE,
-            license="other",
-            **FASHIONIQ_LICENSE,
-            citations=(citations.FASHIONIQ,),
-            build_command=command_line("fashioniq", options),
-            options=options,
-            skipped=dict(notes.skipped),
-            extra_sections=skipped_images_section(notes),
+
+def _enhanced_splits(enhanced_dir: Path, categories: Sequence[str], splits: Sequence[str] | None) -> list[str]:
+    """The requested splits, or by default every split `enhanced_dir` has a caption file for."""
+    if splits is not None:
+        return list(splits)
+    found = [s for s in SPLITS if any(readers.fashioniq_caption_file(enhanced_dir, c, s).is_file() for c in categories)]
+    if not found:
+        raise DataError(
+            f"no enhanced caption file (cap.<category>.<split>.json) for {', '.join(categories)} in {enhanced_dir}"
         )
-
-    return finish(
-        sources,
-        images,
-        ".jpg",
-        BuildNotes(),
-        out_dir=out_dir,
-        card=card,
-        on_missing=on_missing,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return found
 
 
 def build_enhfashioniq(
@@ -555,72 +599,42 @@ def build_enhfashioniq(
     images_dir: str | os.PathLike | None = None,
     categories: Sequence[str] | None = None,
     splits: Sequence[str] | None = None,
-    on_missing: str = "error",
-    num_proc: int = 1,
-    overwrite: bool = False,
-    progress: bool = False,
+    options: BuildOptions = BuildOptions(),
 ) -> dict[str, DatasetDict]:
     """Build enhFashionIQ: Fashion IQ's pairs, galleries and images with the modification texts of
     `enhanced_captions/cap.{cat}.{split}.json`. By default every split that folder has a file for;
     Fashion IQ pairs without an enhanced text are dropped and reported (card and stderr)."""
-    check_common(on_missing, num_proc)
     raw_dir, enhanced_dir = Path(raw_dir), Path(enhanced_captions)
     images = Path(images_dir) if images_dir is not None else raw_dir / "images"
     categories = _fashioniq_categories(enhanced_dir, categories)
-    if splits is None:
-        splits = [
-            s for s in SPLITS if any(readers.fashioniq_caption_file(enhanced_dir, c, s).is_file() for c in categories)
-        ]
-        if not splits:
-            raise DataError(
-                f"no enhanced caption file (cap.<category>.<split>.json) for {', '.join(categories)} in {enhanced_dir}"
-            )
+    splits = _enhanced_splits(enhanced_dir, categories, splits)
     notes = BuildNotes()
     sources = enhance_sources(fashioniq_sources(raw_dir, categories, splits), enhanced_dir, notes)
-    options = {
-        "raw_dir": os.fspath(raw_dir),
-        "enhanced_captions": os.fspath(enhanced_dir),
-        "out": os.fspath(out_dir) if out_dir is not None else None,
-        "images_dir": os.fspath(images),
-        "categories": categories,
-        "splits": list(splits),
-        "on_missing": on_missing,
-        "num_proc": num_proc,
-    }
-
-    def card(notes: BuildNotes) -> DatasetCardInfo:
-        return DatasetCardInfo(
-            pretty_name="enhFashionIQ",
-            description=(
-                "enhFashionIQ: Fashion IQ's reference/target pairs, galleries and images, with the modification "
-                "texts rewritten by the FACap two-stage annotation pipeline (read from "
-                f"`{os.fspath(enhanced_dir)}` in Fashion IQ's caption-file format). Pairs are matched on "
-                "(candidate, target) in order of occurrence; pairs without an enhanced text are dropped and "
-                "counted below."
-            ),
-            source=FASHIONIQ_SOURCE + "\n\nThe enhanced modification texts were generated by the FACap "
-            "annotation pipeline; their terms are those of whoever generated them.",
-            license="other",
-            **FASHIONIQ_LICENSE,
-            citations=(citations.FACAP, citations.FASHIONIQ),
-            build_command=command_line("enhfashioniq", options),
-            options=options,
-            skipped=dict(notes.skipped),
-            extra_sections=skipped_images_section(notes),
-        )
-
-    return finish(
-        sources,
-        images,
-        ".jpg",
-        notes,
-        out_dir=out_dir,
-        card=card,
-        on_missing=on_missing,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        progress=progress,
+    card = DatasetCardInfo(
+        pretty_name="enhFashionIQ",
+        description=(
+            "enhFashionIQ: Fashion IQ's reference/target pairs, galleries and images, with the modification "
+            "texts rewritten by the FACap two-stage annotation pipeline (read from "
+            f"`{os.fspath(enhanced_dir)}` in Fashion IQ's caption-file format). Pairs are matched on "
+            "(candidate, target) in order of occurrence; pairs without an enhanced text are dropped and "
+            "counted below."
+        ),
+        source=FASHIONIQ_SOURCE + "\n\nThe enhanced modification texts were generated by the FACap "
+        "annotation pipeline; their terms are those of whoever generated them.",
+        license="other",
+        **FASHIONIQ_LICENSE,
+        citations=(citations.FACAP, citations.FASHIONIQ),
+        build_command="",  # filled in by `build`
     )
+    own = {
+        "raw_dir": raw_dir,
+        "enhanced_captions": enhanced_dir,
+        "out": out_dir,
+        "images_dir": images,
+        "categories": categories,
+        "splits": splits,
+    }
+    return build(BuildPlan("enhfashioniq", sources, images, ".jpg", own, card, notes), out_dir, options)
 
 
 def build_facap(
@@ -630,15 +644,11 @@ def build_facap(
     *,
     categories: Sequence[str] | None = None,
     val_fraction: float = DEFAULT_VAL_FRACTION,
-    on_missing: str = "error",
-    num_proc: int = 1,
-    overwrite: bool = False,
-    progress: bool = False,
+    options: BuildOptions = BuildOptions(),
 ) -> dict[str, DatasetDict]:
     """Build FACap from `raw_dir/cir_triplets` (+ `raw_dir/image_captions` when present) with images under
     `images_dir`. Categories are discovered from the files; a deterministic validation split takes
     `val_fraction` of the reference images (see `split_by_reference`)."""
-    check_common(on_missing, num_proc)
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     raw_dir = Path(raw_dir)
@@ -647,68 +657,57 @@ def build_facap(
     notes = BuildNotes()
     sources = facap_sources(raw_dir, categories, val_fraction, notes)
     image_captions = facap_image_captions(raw_dir, categories)
-    options = {
-        "raw_dir": os.fspath(raw_dir),
-        "images_dir": os.fspath(images_dir),
-        "out": os.fspath(out_dir) if out_dir is not None else None,
+    card = DatasetCardInfo(
+        pretty_name="FACap",
+        description=(
+            "FACap composed image retrieval triplets: a reference image, one detailed modification text "
+            f"and the target image, for the categories {', '.join(categories)}. Image ids are the image "
+            "paths of the release (relative to its image root)."
+            + (
+                " `reference_caption` and `target_caption` hold the stage-1 long captions of the images."
+                if image_captions is not None
+                else ""
+            )
+        ),
+        source=FACAP_SOURCE,
+        license="other",
+        **FACAP_LICENSE,
+        citations=(citations.FACAP, citations.FASHION200K),
+        build_command="",  # filled in by `build`
+        extra_sections={
+            "Validation split and galleries": (
+                "FACap releases a train split only. The validation split takes every triplet of "
+                f"ceil({val_fraction} x number of reference images) reference images, chosen by the SHA-256 "
+                "of their path (deterministic, independent of file order). The gallery of a split (the "
+                "`{category}-gallery` config) is the set of images its triplets use, references and "
+                "targets. No image is in both galleries: train triplets that use a validation image are "
+                "dropped (counted under Skipped items)."
+            ),
+        },
+    )
+    own = {
+        "raw_dir": raw_dir,
+        "images_dir": images_dir,
+        "out": out_dir,
         "categories": categories,
         "val_fraction": val_fraction,
-        "on_missing": on_missing,
-        "num_proc": num_proc,
     }
-
-    def card(notes: BuildNotes) -> DatasetCardInfo:
-        return DatasetCardInfo(
-            pretty_name="FACap",
-            description=(
-                "FACap composed image retrieval triplets: a reference image, one detailed modification text "
-                f"and the target image, for the categories {', '.join(categories)}. Image ids are the image "
-                "paths of the release (relative to its image root)."
-                + (
-                    " `reference_caption` and `target_caption` hold the stage-1 long captions of the images."
-                    if image_captions is not None
-                    else ""
-                )
-            ),
-            source=FACAP_SOURCE,
-            license="other",
-            **FACAP_LICENSE,
-            citations=(citations.FACAP, citations.FASHION200K),
-            build_command=command_line("facap", options),
-            options=options,
-            skipped=dict(notes.skipped),
-            extra_sections={
-                "Validation split and galleries": (
-                    "FACap releases a train split only. The validation split takes every triplet of "
-                    f"ceil({val_fraction} x number of reference images) reference images, chosen by the SHA-256 "
-                    "of their path (deterministic, independent of file order). The gallery of a split (the "
-                    "`{category}-gallery` config) is the set of images its triplets use, references and "
-                    "targets. No image is in both galleries: train triplets that use a validation image are "
-                    "dropped (counted under Skipped items)."
-                ),
-                **skipped_images_section(notes),
-            },
-        )
-
-    return finish(
-        sources,
-        Path(images_dir),
-        "",
-        notes,
-        out_dir=out_dir,
-        card=card,
-        on_missing=on_missing,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        progress=progress,
-        image_captions=image_captions,
-    )
+    plan = BuildPlan("facap", sources, Path(images_dir), "", own, card, notes, image_captions=image_captions)
+    return build(plan, out_dir, options)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def common_arguments(parser: argparse.ArgumentParser, *, splits: bool, categories: bool = True) -> None:
+def add_common_arguments(
+    parser: argparse.ArgumentParser,
+    call: Callable[[argparse.Namespace, BuildOptions], Mapping[str, DatasetDict]],
+    *,
+    splits: bool,
+    categories: bool = True,
+) -> None:
+    """Add the options every `build SOURCE` command shares and run `call(args, options)` for it, then
+    report what was built. `call` is the builder's own part: its options, read from `args`."""
     parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
     if categories:
         parser.add_argument("--categories", type=comma_list, help="comma-separated categories (default: all)")
@@ -730,6 +729,17 @@ def common_arguments(parser: argparse.ArgumentParser, *, splits: bool, categorie
         action="store_true",
         help="replace an output folder holding a different dataset (files a build did not write are never deleted)",
     )
+    parser.set_defaults(func=partial(_run, call))
+
+
+def _run(
+    call: Callable[[argparse.Namespace, BuildOptions], Mapping[str, DatasetDict]], args: argparse.Namespace
+) -> int:
+    configs = call(args, BuildOptions.from_args(args))
+    for name, splits in configs.items():
+        print(f"{name}: " + ", ".join(f"{split} {len(ds)}" for split, ds in splits.items()), file=sys.stderr)
+    print(args.out)
+    return 0
 
 
 def add_parser(subparsers) -> None:
@@ -739,8 +749,14 @@ def add_parser(subparsers) -> None:
     )
     fiq.add_argument("--raw-dir", required=True, type=Path, help="folder with captions/, image_splits/ (and images/)")
     fiq.add_argument("--images-dir", type=Path, help="folder of <ASIN>.jpg images (default: RAW_DIR/images)")
-    common_arguments(fiq, splits=True)
-    fiq.set_defaults(func=_run_fashioniq)
+    add_common_arguments(
+        fiq,
+        lambda args, options: build_fashioniq(
+            args.raw_dir, args.out, images_dir=args.images_dir, categories=args.categories, splits=args.splits,
+            options=options,
+        ),
+        splits=True,
+    )
 
     facap = subparsers.add_parser("facap", help="build FACap from its raw release", description=build_facap.__doc__)
     facap.add_argument("--raw-dir", required=True, type=Path, help="folder with cir_triplets/ (and image_captions/)")
@@ -751,8 +767,14 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_VAL_FRACTION,
         help="fraction of reference images whose triplets form the validation split (default 0.02)",
     )
-    common_arguments(facap, splits=False)
-    facap.set_defaults(func=_run_facap)
+    add_common_arguments(
+        facap,
+        lambda args, options: build_facap(
+            args.raw_dir, args.images_dir, args.out, categories=args.categories, val_fraction=args.val_fraction,
+            options=options,
+        ),
+        splits=False,
+    )
 
     enh = subparsers.add_parser(
         "enhfashioniq",
@@ -762,53 +784,11 @@ def add_parser(subparsers) -> None:
     enh.add_argument("--raw-dir", required=True, type=Path, help="the Fashion IQ release folder")
     enh.add_argument("--enhanced-captions", required=True, type=Path, help="folder of cap.{cat}.{split}.json")
     enh.add_argument("--images-dir", type=Path, help="folder of <ASIN>.jpg images (default: RAW_DIR/images)")
-    common_arguments(enh, splits=True)
-    enh.set_defaults(func=_run_enhfashioniq)
-
-
-def report(configs: Mapping[str, DatasetDict], out: Path) -> int:
-    for name, splits in configs.items():
-        print(f"{name}: " + ", ".join(f"{split} {len(ds)}" for split, ds in splits.items()), file=sys.stderr)
-    print(out)
-    return 0
-
-
-def common_options(args: argparse.Namespace) -> dict:
-    return {"on_missing": args.on_missing, "num_proc": args.num_proc, "overwrite": args.overwrite, "progress": True}
-
-
-def _run_fashioniq(args: argparse.Namespace) -> int:
-    configs = build_fashioniq(
-        args.raw_dir,
-        args.out,
-        images_dir=args.images_dir,
-        categories=args.categories,
-        splits=args.splits,
-        **common_options(args),
+    add_common_arguments(
+        enh,
+        lambda args, options: build_enhfashioniq(
+            args.raw_dir, args.enhanced_captions, args.out, images_dir=args.images_dir, categories=args.categories,
+            splits=args.splits, options=options,
+        ),
+        splits=True,
     )
-    return report(configs, args.out)
-
-
-def _run_facap(args: argparse.Namespace) -> int:
-    configs = build_facap(
-        args.raw_dir,
-        args.images_dir,
-        args.out,
-        categories=args.categories,
-        val_fraction=args.val_fraction,
-        **common_options(args),
-    )
-    return report(configs, args.out)
-
-
-def _run_enhfashioniq(args: argparse.Namespace) -> int:
-    configs = build_enhfashioniq(
-        args.raw_dir,
-        args.enhanced_captions,
-        args.out,
-        images_dir=args.images_dir,
-        categories=args.categories,
-        splits=args.splits,
-        **common_options(args),
-    )
-    return report(configs, args.out)

@@ -21,7 +21,6 @@ is fine (they are gallery images). `target_soft` is not kept.
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,18 +29,7 @@ from pathlib import Path
 from datasets import DatasetDict, Features, List, Value
 
 from . import citations
-from .builders import (
-    BuildNotes,
-    SplitSource,
-    check_choice,
-    check_common,
-    command_line,
-    common_arguments,
-    common_options,
-    finish,
-    report,
-    skipped_images_section,
-)
+from .builders import BuildNotes, BuildOptions, BuildPlan, SplitSource, add_common_arguments, build, check_choice
 from .errors import DataError, SchemaError
 from .export import DatasetCardInfo
 from .readers import RawTriplet, read_json
@@ -189,75 +177,48 @@ def build_cirr(
     *,
     images_dir: str | os.PathLike | None = None,
     splits: Sequence[str] | None = None,
-    on_missing: str = "error",
-    num_proc: int = 1,
-    overwrite: bool = False,
-    progress: bool = False,
+    options: BuildOptions = BuildOptions(),
 ) -> dict[str, DatasetDict]:
     """Build CIRR from its raw release: configs `cirr` and `cirr-gallery`, splits train / validation / test
     (test targets hidden); by default every split with a caption file. Images are found under `images_dir`
     (default `raw_dir`) by the split files' paths. Writes `out_dir` (unless None) and returns the configs."""
-    check_common(on_missing, num_proc)
     raw_dir = Path(raw_dir)
     images = Path(images_dir) if images_dir is not None else raw_dir
     notes = BuildNotes()
     sources, paths = {}, {}
     for split in _splits(raw_dir, splits):
-        sources[split], gallery = split_source(raw_dir, split, on_missing, notes)
+        sources[split], gallery = split_source(raw_dir, split, options.on_missing, notes)
         paths.update(gallery)
-    options = {
-        "raw_dir": os.fspath(raw_dir),
-        "out": os.fspath(out_dir) if out_dir is not None else None,
-        "images_dir": os.fspath(images),
-        "splits": list(sources),
-        "on_missing": on_missing,
-        "num_proc": num_proc,
-    }
-
-    def card(notes: BuildNotes) -> DatasetCardInfo:
-        return DatasetCardInfo(
-            pretty_name="CIRR",
-            description=(
-                "CIRR composed image retrieval on real-life images: a reference image, one modification text and "
-                "the target image, with each query's image set (`img_set_members`, six visually similar images, "
-                "the reference among them) for Recall_subset. Test targets are hidden in the release (null "
-                "here); `pair_id` is the id CIRR's evaluation server expects. Each split's `cirr-gallery` is the "
-                "release's split file, images that no caption uses included."
+    card = DatasetCardInfo(
+        pretty_name="CIRR",
+        description=(
+            "CIRR composed image retrieval on real-life images: a reference image, one modification text and "
+            "the target image, with each query's image set (`img_set_members`, six visually similar images, "
+            "the reference among them) for Recall_subset. Test targets are hidden in the release (null "
+            "here); `pair_id` is the id CIRR's evaluation server expects. Each split's `cirr-gallery` is the "
+            "release's split file, images that no caption uses included."
+        ),
+        source=CIRR_SOURCE,
+        license="other",
+        **CIRR_LICENSE,
+        citations=(citations.CIRR, citations.NLVR2),
+        task_categories=("image-to-image", "text-to-image"),
+        tags=("composed-image-retrieval", "natural-images"),
+        build_command="",  # filled in by `build`
+        extra_sections={
+            "Evaluation protocol": (
+                "CIRR's protocol differs from Fashion IQ's: the reference image is excluded from its own "
+                "ranking; Recall@{1,5,10,50} ranks the whole split gallery; Recall_subset@{1,2,3} ranks only "
+                "the query's `img_set_members` minus the reference; the headline is (R@5 + R_subset@1) / 2. "
+                "Test results are computed by CIRR's evaluation server from submitted rankings."
             ),
-            source=CIRR_SOURCE,
-            license="other",
-            **CIRR_LICENSE,
-            citations=(citations.CIRR, citations.NLVR2),
-            task_categories=("image-to-image", "text-to-image"),
-            tags=("composed-image-retrieval", "natural-images"),
-            build_command=command_line("cirr", options),
-            options=options,
-            skipped=dict(notes.skipped),
-            extra_sections={
-                "Evaluation protocol": (
-                    "CIRR's protocol differs from Fashion IQ's: the reference image is excluded from its own "
-                    "ranking; Recall@{1,5,10,50} ranks the whole split gallery; Recall_subset@{1,2,3} ranks only "
-                    "the query's `img_set_members` minus the reference; the headline is (R@5 + R_subset@1) / 2. "
-                    "Test results are computed by CIRR's evaluation server from submitted rankings."
-                ),
-                **skipped_images_section(notes),
-            },
-        )
-
-    return finish(
-        {CATEGORY: sources},
-        images,
-        "",
-        notes,
-        out_dir=out_dir,
-        card=card,
-        on_missing=on_missing,
-        num_proc=num_proc,
-        overwrite=overwrite,
-        progress=progress,
-        extra_features=EXTRA_FEATURES,
-        image_paths=paths,
+        },
     )
+    own = {"raw_dir": raw_dir, "out": out_dir, "images_dir": images, "splits": list(sources)}
+    plan = BuildPlan(
+        "cirr", {CATEGORY: sources}, images, "", own, card, notes, extra_features=EXTRA_FEATURES, image_paths=paths
+    )
+    return build(plan, out_dir, options)
 
 
 # ------------------------------------------------------------------------------------------------ CLI
@@ -270,12 +231,11 @@ def add_parser(subparsers) -> None:
     parser.add_argument(
         "--images-dir", type=Path, help="root the split files' image paths are relative to (default: RAW_DIR)"
     )
-    common_arguments(parser, splits=True, categories=False)
-    parser.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    configs = build_cirr(
-        args.raw_dir, args.out, images_dir=args.images_dir, splits=args.splits, **common_options(args)
+    add_common_arguments(
+        parser,
+        lambda args, options: build_cirr(
+            args.raw_dir, args.out, images_dir=args.images_dir, splits=args.splits, options=options
+        ),
+        splits=True,
+        categories=False,
     )
-    return report(configs, args.out)

@@ -7,7 +7,6 @@ import json
 from collections import Counter
 
 import pytest
-import torch
 from datasets import Dataset, DatasetDict
 from PIL import Image
 
@@ -17,6 +16,7 @@ from facap_dataset.cli import main
 from facap_dataset.export import DatasetCardInfo, write_dataset
 from facap_dataset.images import encode_jpeg
 from facap_dataset.schema import GALLERY_FEATURES
+from tiny_clip import save_tiny_clip
 
 BAND = MiningOptions(min_similarity=-1.0, max_similarity=0.999, top_k=5, pairs_per_image=2, max_uses=3, seed=0)
 
@@ -43,22 +43,7 @@ def gallery_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_clip_dir(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    config = CLIPConfig(
-        text_config={"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    with torch.random.fork_rng():  # seeded weights without touching the session's global RNG
-        torch.manual_seed(0)
-        model = CLIPModel(config)
-    model.save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
-    return folder
+    return save_tiny_clip(tmp_path_factory.mktemp("tiny_clip"))
 
 
 def test_mined_pairs_respect_the_band_the_use_bound_and_skip_bad_images(gallery_dir, tiny_clip_dir):

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from facap_dataset.annotate import read_pairs
 from facap_dataset.cli import main
+from tiny_clip import save_tiny_clip
 
 MARKER_CODE = "import pathlib as _p; _p.Path({marker!r}).write_text('ran')\n"
 
@@ -21,20 +21,7 @@ MARKER_CODE = "import pathlib as _p; _p.Path({marker!r}).write_text('ran')\n"
 def foreign_model_dir(tmp_path_factory) -> Path:
     """A tiny CLIP saved under a made-up model type whose config maps the Auto classes to the folder's own
     files; importing those files writes a marker next to the folder."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    folder = tmp_path_factory.mktemp("foreign") / "model"
-    config = CLIPConfig(
-        text_config={"vocab_size": 99, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
-                     "num_attention_heads": 2},
-        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
-        projection_dim=16,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(folder)
+    folder = save_tiny_clip(tmp_path_factory.mktemp("foreign") / "model")
     marker = folder.parent / "MARKER"
     (folder / "configuration_foreign.py").write_text(
         MARKER_CODE.format(marker=str(marker))

@@ -15,7 +15,7 @@ import yaml
 from datasets import load_dataset
 from PIL import Image
 
-from facap_dataset.builders import build_fashioniq
+from facap_dataset.builders import BuildOptions, build_fashioniq
 from facap_dataset.cli import main
 from facap_dataset.errors import DataError, MissingImageError, SchemaError, UnsafePathError
 
@@ -55,7 +55,7 @@ def fiq_raw(tmp_path_factory, fashioniq_annotations):
 @pytest.fixture(scope="session")
 def fiq_val(tmp_path_factory, fiq_raw):
     out = tmp_path_factory.mktemp("fiq-val") / "fashioniq"
-    configs = build_fashioniq(fiq_raw, out, splits=["validation"], num_proc=2)
+    configs = build_fashioniq(fiq_raw, out, splits=["validation"], options=BuildOptions(num_proc=2))
     return out, configs
 
 
@@ -163,7 +163,7 @@ def test_missing_images_error_names_first_few_and_count(tmp_path):
 
 def test_skip_drops_dependents_and_records_counts(tmp_path):
     raw = _small_raw(tmp_path / "raw", gallery=GALLERY + ["M1"], images=["A1", "A2", "A3"])
-    configs = build_fashioniq(raw, tmp_path / "out", on_missing="skip")
+    configs = build_fashioniq(raw, tmp_path / "out", options=BuildOptions(on_missing="skip"))
     assert configs["dress"]["validation"]["reference_id"] == ["A1", "A2"]  # A3 -> A4 needed A4
     assert configs["dress-gallery"]["validation"]["image_id"] == ["A1", "A2", "A3"]
     skipped = _card_yaml(tmp_path / "out")["skipped"]
@@ -182,7 +182,7 @@ def test_truncated_jpeg_is_an_error_or_a_counted_skip(tmp_path):
     (raw / "images" / "A4.jpg").write_bytes(data.getvalue()[:300])
     with pytest.raises(DataError, match=r"1 image\(s\) unreadable: image .*A4.jpg cannot be decoded"):
         build_fashioniq(raw, tmp_path / "out")
-    build_fashioniq(raw, tmp_path / "out", on_missing="skip")
+    build_fashioniq(raw, tmp_path / "out", options=BuildOptions(on_missing="skip"))
     skipped = _card_yaml(tmp_path / "out")["skipped"]
     assert skipped["images unreadable (truncated, corrupt or refused as a decompression bomb)"] == 1
 
@@ -210,7 +210,7 @@ def test_image_path_escaping_the_root_is_refused(tmp_path):
     (raw / "captions" / "cap.dress.val.json").write_text(json.dumps(escape))
     for on_missing in ("error", "skip"):
         with pytest.raises(UnsafePathError, match=r"'\.\./\.\./secret\.jpg' escapes the image root"):
-            build_fashioniq(raw, tmp_path / "out", on_missing=on_missing)
+            build_fashioniq(raw, tmp_path / "out", options=BuildOptions(on_missing=on_missing))
 
 
 def test_symlink_leaving_the_image_root_is_refused(tmp_path):
@@ -219,7 +219,7 @@ def test_symlink_leaving_the_image_root_is_refused(tmp_path):
     (raw / "images" / "A2.jpg").unlink()
     (raw / "images" / "A2.jpg").symlink_to(tmp_path / "secret.jpg")
     with pytest.raises(UnsafePathError, match="'A2.jpg' escapes the image root"):
-        build_fashioniq(raw, tmp_path / "out", on_missing="skip", num_proc=2)
+        build_fashioniq(raw, tmp_path / "out", options=BuildOptions(on_missing="skip", num_proc=2))
 
 
 def _bomb_png() -> bytes:
@@ -268,9 +268,9 @@ def test_unknown_category_and_split(tmp_path):
     with pytest.raises(DataError, match="no caption file for category 'shirt'"):
         build_fashioniq(raw, tmp_path / "out", categories=["shirt"])
     with pytest.raises(DataError, match="unknown on_missing 'ignore'"):
-        build_fashioniq(raw, tmp_path / "out", on_missing="ignore")
+        BuildOptions(on_missing="ignore")
     with pytest.raises(DataError, match="num_proc must be at least 1, got 0"):
-        build_fashioniq(raw, tmp_path / "out", num_proc=0)
+        BuildOptions(num_proc=0)
 
 
 def test_cli_builds_and_reports_errors_on_one_line(tmp_path, capsys):

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from facap_dataset.builders import build_facap
+from facap_dataset.builders import BuildOptions, build_facap
 from facap_dataset.cli import main
 from facap_dataset.errors import DataError, SchemaError, UnsafePathError
 
@@ -145,7 +145,7 @@ def test_bad_facap_inputs(tmp_path):
         json.dumps([{"candidate": "../outside.jpeg", "target": _image_key("skirts", 1), "captions": ["y"]}])
     )
     with pytest.raises(UnsafePathError, match="'../outside.jpeg' escapes the image root"):
-        build_facap(raw, images, None, categories=["skirt"], on_missing="skip", val_fraction=0)
+        build_facap(raw, images, None, categories=["skirt"], val_fraction=0, options=BuildOptions(on_missing="skip"))
     with pytest.raises(DataError, match="'skirt': no train triplet is left after taking the validation split"):
         build_facap(raw, images, None, categories=["skirt"])  # its one reference image goes to validation
     (raw / "image_captions" / "dress_train_captions.json").unlink()

@@ -62,59 +62,67 @@ def placeholders(text: str, *, origin: str) -> set[str]:
     return names
 
 
-CAPTION_FIELDS = ("category",)
-MODIFICATION_FIELDS = ("category", "reference_caption", "target_caption")
-ENHANCE_FIELDS = ("category", "reference_caption", "target_caption", "original_captions")
+STAGE_FIELDS = {
+    "caption": ("category",),
+    "modification": ("category", "reference_caption", "target_caption"),
+    "enhance": ("category", "reference_caption", "target_caption", "original_captions"),
+}
 # What a template cannot do without: stage 2 is meaningless without both captions, enhance without the
 # original human texts. A caption prompt may describe "the garment" without naming its category.
-REQUIRED_FIELDS = {"caption": (), "modification": MODIFICATION_FIELDS[1:], "enhance": ENHANCE_FIELDS[1:]}
+REQUIRED_FIELDS = {
+    "caption": (),
+    "modification": STAGE_FIELDS["modification"][1:],
+    "enhance": STAGE_FIELDS["enhance"][1:],
+}
 
-CAPTION_V1 = PromptTemplate(
-    name="caption",
-    version="caption-v1",
-    fields=CAPTION_FIELDS,
-    required=REQUIRED_FIELDS["caption"],
-    text=(
-        "You are a fashion expert writing a product description for an online catalogue. Describe the "
-        "{category} in this image in detail, using precise fashion vocabulary. Cover its garment type, "
-        "colour(s), material and texture, pattern or print, neckline or collar, sleeves, length, fit and "
-        "silhouette, and notable details (buttons, zips, pockets, embellishments, closures). Describe only "
-        "the garment, not the model, pose or background. Answer with one paragraph of plain text."
-    ),
+
+def _builtin(stage: str, version: str, text: str) -> PromptTemplate:
+    """A built-in template of `stage`; its version is set by hand and must change whenever its text does."""
+    return PromptTemplate(
+        name=stage, version=version, text=text, fields=STAGE_FIELDS[stage], required=REQUIRED_FIELDS[stage]
+    )
+
+
+# Both pair stages open with the two captions and name the same attribute list.
+_PAIR_HEADER = (
+    "Two {category} products are described below.\n"
+    "Reference: {reference_caption}\n"
+    "Target: {target_caption}\n"
+)
+_ATTRIBUTE_LIST = "(colour, material, pattern, neckline, sleeves, length, fit, details)"
+
+CAPTION_V1 = _builtin(
+    "caption",
+    "caption-v1",
+    "You are a fashion expert writing a product description for an online catalogue. Describe the "
+    "{category} in this image in detail, using precise fashion vocabulary. Cover its garment type, "
+    "colour(s), material and texture, pattern or print, neckline or collar, sleeves, length, fit and "
+    "silhouette, and notable details (buttons, zips, pockets, embellishments, closures). Describe only "
+    "the garment, not the model, pose or background. Answer with one paragraph of plain text.",
 )
 
-MODIFICATION_V1 = PromptTemplate(
-    name="modification",
-    version="modification-v1",
-    fields=MODIFICATION_FIELDS,
-    required=REQUIRED_FIELDS["modification"],
-    text=(
-        "Two {category} products are described below.\n"
-        "Reference: {reference_caption}\n"
-        "Target: {target_caption}\n"
-        "Write ONE sentence telling a shopper how to change the reference into the target, naming only "
-        "the attributes that differ (colour, material, pattern, neckline, sleeves, length, fit, details), "
-        "for example: \"Make it sleeveless and navy blue with a fitted waist and a shorter hem.\" "
-        "Do not describe what stays the same, do not mention any other kind of garment, and answer with "
-        "the sentence only."
-    ),
+MODIFICATION_V1 = _builtin(
+    "modification",
+    "modification-v1",
+    _PAIR_HEADER
+    + "Write ONE sentence telling a shopper how to change the reference into the target, naming only "
+    "the attributes that differ "
+    + _ATTRIBUTE_LIST
+    + ", for example: \"Make it sleeveless and navy blue with a fitted waist and a shorter hem.\" "
+    "Do not describe what stays the same, do not mention any other kind of garment, and answer with "
+    "the sentence only.",
 )
 
-ENHANCE_V1 = PromptTemplate(
-    name="enhance",
-    version="enhance-v1",
-    fields=ENHANCE_FIELDS,
-    required=REQUIRED_FIELDS["enhance"],
-    text=(
-        "Two {category} products are described below.\n"
-        "Reference: {reference_caption}\n"
-        "Target: {target_caption}\n"
-        "Shoppers described the change as: {original_captions}\n"
-        "Write ONE detailed sentence telling a shopper how to change the reference into the target, naming "
-        "every attribute that differs (colour, material, pattern, neckline, sleeves, length, fit, details) "
-        "and keeping what the shoppers asked for. Do not describe what stays the same, do not mention any "
-        "other kind of garment, and answer with the sentence only."
-    ),
+ENHANCE_V1 = _builtin(
+    "enhance",
+    "enhance-v1",
+    _PAIR_HEADER
+    + "Shoppers described the change as: {original_captions}\n"
+    "Write ONE detailed sentence telling a shopper how to change the reference into the target, naming "
+    "every attribute that differs "
+    + _ATTRIBUTE_LIST
+    + " and keeping what the shoppers asked for. Do not describe what stays the same, do not mention any "
+    "other kind of garment, and answer with the sentence only.",
 )
 
 BUILTIN_TEMPLATES = {template.name: template for template in (CAPTION_V1, MODIFICATION_V1, ENHANCE_V1)}
