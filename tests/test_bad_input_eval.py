@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import eval_cir
+from facap_dataset.export import DatasetCardInfo, write_dataset
 from facap_eval import encoding
 from facap_retrieval.index import EMBEDDINGS_FILE, IDS_FILE
 
@@ -84,6 +85,14 @@ def _blocker(work: Path) -> Path:
     return blocker
 
 
+def _without_num_changes(work: Path) -> Path:
+    """A dress set without the `num_changes` column (the synthetic sets all have it)."""
+    from test_eval import _config
+
+    card = DatasetCardInfo(pretty_name="plain", description="d", source="s", license="mit", build_command="pytest")
+    return write_dataset(work.parent / "plain-dataset", _config("dress", 0), card=card)
+
+
 def _corrupt_shard(dataset: Path) -> Path:
     damaged = dataset.parent / "damaged-dataset"
     if not damaged.exists():
@@ -103,7 +112,8 @@ FATAL = [
     ("cache-dir-read-only", lambda w, s: (["--cache-dir", str(_blocker(w) / "c")], None), ["--cache-dir", "not writable"]),
     ("predictions-is-a-file", lambda w, s: (["--predictions", str(_blocker(w))], None), ["--predictions", "not a folder"]),
     ("k-above-gallery", lambda w, s: (["--k-values", "1,50"], None), ["k=50", "larger than the gallery (28 images)"]),
-    ("breakdown-without-column", lambda w, s: (["--breakdown", "num-changes"], None), ["dress", "'num_changes'"]),
+    ("breakdown-without-column", lambda w, s: (["--breakdown", "num-changes", "--dataset", str(_without_num_changes(w))],
+                                               None), ["dress", "'num_changes'"]),
     ("text-length-edges-descending", lambda w, s: (["--breakdown", "text-length", "--text-length-edges", "9,3"], None),
      ["text-length edges", "[9, 3]"]),
     ("unknown-breakdown", lambda w, s: (["--breakdown", "colour"], None), ["unknown breakdown 'colour'"]),

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import uuid
 
 import pytest
 import torch
@@ -45,8 +46,10 @@ def test_foreign_code_needs_trust_remote_code(tiny_model_dir, tmp_path):
     def foreign(config):
         config["model_type"] = "someone-elses-model"
 
-    folder = _tampered_copy(tiny_model_dir, tmp_path / "foreign", marker, foreign)
-    with pytest.raises(ModelLoadError, match=r"foreign ships its own code .*pass --trust-remote-code") as error:
+    # A name no other test uses: transformers imports remote code as `transformers_modules.<folder name>`, and a
+    # module of that name imported earlier in the session would not run (nor write the marker) again.
+    folder = _tampered_copy(tiny_model_dir, tmp_path / f"foreign_{uuid.uuid4().hex[:8]}", marker, foreign)
+    with pytest.raises(ModelLoadError, match=r"foreign_\w+ ships its own code .*pass --trust-remote-code") as error:
         load_pretrained(folder)
     assert "\n" not in str(error.value) and not marker.exists()
     model, _ = load_pretrained(folder, trust_remote_code=True)  # the explicit opt-in runs the folder's code
