@@ -434,7 +434,7 @@ def _is_fashionblip2_folder(path: Path) -> bool:
 def _from_blip2(path_or_id: str, overrides: dict[str, Any]):
     """Convert a BLIP-2 retrieval checkpoint; its own tokenizer and image processor become the processor."""
     from modeling_fashionblip2 import PRESETS, FashionBlip2Model, FashionBlip2Processor
-    from modeling_fashionblip2 import CheckpointError as ConversionError
+    from modeling_fashionblip2 import ConversionError
 
     try:
         model = FashionBlip2Model.from_blip2(path_or_id, **copy.deepcopy(overrides))

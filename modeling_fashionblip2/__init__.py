@@ -7,13 +7,15 @@ This `__init__` is not part of the remote code: only the flat modules it imports
 from transformers import AutoConfig, AutoModel, AutoProcessor
 
 from .configuration_fashionblip2 import MATCHING_MODES, PRESETS, FashionBlip2Config
+from .convert import ConversionError
+from .loading import ModelLoadError, load_pretrained
 from .modeling_fashionblip2 import (
-    CheckpointError,
     ContrastiveLoss,
     FashionBlip2Model,
     FashionBlip2Output,
     FashionBlip2PreTrainedModel,
     gather_with_grad,
+    score_embeddings,
 )
 from .processing_fashionblip2 import (
     FASHIONIQ_TARGET_PAD_RATIO,
@@ -31,8 +33,8 @@ FashionBlip2Model.register_for_auto_class("AutoModel")
 FashionBlip2Processor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
-    "CheckpointError",
     "ContrastiveLoss",
+    "ConversionError",
     "FASHIONIQ_TARGET_PAD_RATIO",
     "FashionBlip2Config",
     "FashionBlip2Model",
@@ -40,8 +42,11 @@ __all__ = [
     "FashionBlip2PreTrainedModel",
     "FashionBlip2Processor",
     "MATCHING_MODES",
+    "ModelLoadError",
     "PRESETS",
     "build_wordpiece_vocab",
+    "load_pretrained",
     "gather_with_grad",
+    "score_embeddings",
     "target_pad",
 ]

@@ -1,6 +1,6 @@
 """FashionBLIP-2 configuration.
 
-Remote-code rule (DESIGN 4.3): this file is copied next to saved weights and imported by transformers as a
+Remote-code rule: this file is copied next to saved weights and imported by transformers as a
 dynamic module, so it imports only transformers/torch/stdlib and its flat siblings (`from .x import Y`).
 """
 
