@@ -14,6 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import train_accelerate as ta
+from facap_train.loop import iterate_batches
+from facap_train.options import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHED = """import sys
@@ -31,12 +33,12 @@ def gradient_probe(argv: list[str], output_file: str) -> None:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        run = ta.setup(ta.parse_args(argv))
+        run = ta.setup(parse_args(argv))
     finally:
         torch.set_default_dtype(previous)
     # Dropout off: the masks drawn by one of two processes cannot equal those of a single process.
     run.model.eval()
-    batch = next(ta.iterate_batches(run.loader, run.plan.batches_per_epoch, 0))
+    batch = next(iterate_batches(run.loader, run.plan.batches_per_epoch, 0))
     batch = {key: value.double() if value.is_floating_point() else value for key, value in batch.items()}
     loss = run.model(**batch, return_loss=True).loss
     run.accelerator.backward(loss)
