@@ -55,7 +55,7 @@ def setup(args: argparse.Namespace, hub_api=None) -> TrainingRun:
     triplets = load_training_triplets([open_dataset(name) for name in args.dataset], args.configs,
                                       hard_negatives=args.hard_negatives)
     evaluation = plan_evaluation(args)
-    for note in evaluation.notes() if evaluation else []:
+    for note in evaluation.notes if evaluation else ():
         log(accelerator, note)
     plan = plan_run(args, len(triplets.table), accelerator.num_processes)
     model, processor = load_model_and_processor(args, triplets.texts())

@@ -59,7 +59,7 @@ CASES = {
     "num-epochs nan": (_options("--max-steps", "", "--num-epochs", "nan"), "--num-epochs"),
     "malformed repo id": (_options("--push-to-hub", "not a repo"), "invalid Hub repo id 'not a repo'"),
     "push without a token": (_no_token, "no Hugging Face token"),
-    "K above every gallery": (_options("--eval-k-values", "100"), "--eval-k-values 100: every cut-off exceeds the gallery of dress (28 images)"),
+    "K above every gallery": (_options("--eval-k-values", "100"), "dress (validation): k=100 is larger than the gallery (28 images)"),
     "unknown eval split": (_options("--eval-split", "nosuch"), "no split 'nosuch'"),
     "unknown eval config": (_options("--eval-configs", "skirt"), "has no config 'skirt'"),
     "resume from a missing folder": (_options("--resume-from-checkpoint", "nowhere"), "--resume-from-checkpoint nowhere: no such folder"),

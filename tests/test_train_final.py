@@ -42,7 +42,7 @@ def test_cut_offs_above_the_gallery_are_dropped_noted_and_recorded(gallery_of_35
     output_dir = tmp_path / "run"
     assert ta.main(_argv(gallery_of_35, output_dir)) == 0
     err = capsys.readouterr().err
-    assert "dress-gallery (validation) has 35 images: recall@50 cannot be computed and is dropped for dress" in err
+    assert f"note: evaluation of {gallery_of_35}: dress: K=50 dropped, larger than its gallery of 35 images" in err
     records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
     evaluation = next(r for r in records if "eval/average" in r)
     assert evaluation["step"] == 3 and evaluation["eval/dropped_k_values"] == {"dress": [50]}
@@ -69,5 +69,5 @@ def test_cut_offs_that_no_gallery_answers_are_refused_before_step_1(gallery_of_3
     output_dir = tmp_path / "run"
     code = ta.main(_argv(gallery_of_35, output_dir, "--eval-k-values", "40,60"))
     err = capsys.readouterr().err
-    assert code == 2 and "--eval-k-values 40,60: every cut-off exceeds the gallery of dress (35 images)" in err
+    assert code == 2 and "error: dress (validation): k=40 is larger than the gallery (35 images)" in err
     assert not list_checkpoints(output_dir) and not (output_dir / "final").exists()
