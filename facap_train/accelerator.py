@@ -7,15 +7,14 @@ import importlib.util
 import os
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, is_mps_available, is_npu_available, is_xpu_available
 
 from .errors import TrainingError
 
 
 def build_accelerator(args: argparse.Namespace):
     """An Accelerator logging to OUT/logs; the schedule is stepped per optimizer step by the loop itself."""
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
-
     if args.report_to != "none" and importlib.util.find_spec(args.report_to) is None:
         # Accelerate would only warn and train without the tracker.
         raise TrainingError(f"--report-to {args.report_to}: the {args.report_to} package is not installed")
@@ -35,8 +34,6 @@ def launched_on_cpu() -> bool:
     Accelerate forms a gloo process group for them only when told `cpu=True`; otherwise each process would
     silently train alone on the same batches (and `accelerate launch --cpu` starts a single process).
     """
-    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
-
     several = int(os.environ.get("WORLD_SIZE", "1")) > 1
     return several and not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available())
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from facap_io.hub import check_repo_id, check_token
+from modeling_fashionblip2 import PRESETS
+from modeling_fashionblip2.hub import CardEvaluation, push_folder, write_card
 
 from .optim import RunPlan
 
@@ -27,8 +29,6 @@ def check_push(args: argparse.Namespace, api=None) -> None:
 
 def base_model(args: argparse.Namespace) -> str | None:
     """The Hub id the run started from, for the card's `base_model` (None for presets and local folders)."""
-    from modeling_fashionblip2 import PRESETS
-
     if args.model is None or args.model in PRESETS or Path(args.model).exists():
         return None
     return args.model
@@ -36,8 +36,6 @@ def base_model(args: argparse.Namespace) -> str | None:
 
 def training_facts(args: argparse.Namespace, plan: RunPlan, sources: tuple[str, ...], steps: int) -> dict[str, Any]:
     """The card's "Training data" and "Hyper-parameters" rows."""
-    from modeling_fashionblip2 import PRESETS
-
     start = (f"preset {args.model}" if args.model in PRESETS else args.model) if args.init_from is None \
         else f"fine-tuned from {args.init_from}"
     return {
@@ -64,8 +62,6 @@ def training_facts(args: argparse.Namespace, plan: RunPlan, sources: tuple[str, 
 
 def write_model_card(folder: Path, model, args: argparse.Namespace, training: dict[str, Any], results: dict | None) -> Path:
     """README.md of a saved model folder, with the evaluation `results` (training-time protocol) when given."""
-    from modeling_fashionblip2.hub import CardEvaluation, write_card
-
     evaluations = ()
     if results is not None:
         dataset = args.eval_dataset or args.dataset[0]
@@ -78,8 +74,6 @@ def write_model_card(folder: Path, model, args: argparse.Namespace, training: di
 def push_run(output_dir: Path, args: argparse.Namespace, steps: int, api=None) -> str:
     """Upload best/ (else final/) with its card to --push-to-hub; returns the commit URL. A refused push is one
     PushError; the local folders are never touched."""
-    from modeling_fashionblip2.hub import push_folder
-
     folder = output_dir / "best" if (output_dir / "best").is_dir() else output_dir / "final"
     message = f"FashionBLIP-2 {folder.name}/ after {steps} training steps (train_accelerate.py)"
     return push_folder(folder, args.push_to_hub, private=args.hub_private, commit_message=message, api=api)

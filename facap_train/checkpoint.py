@@ -27,6 +27,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from accelerate.utils import broadcast_object_list
+
 from facap_io.atomic import remove_stale_temporaries, staged_folder, write_text
 
 from .errors import CheckpointError
@@ -181,8 +183,6 @@ def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, *, total
     """Write a checkpoint atomically on every process, then prune the oldest beyond `total_limit`.
 
     Every process writes its own RNG state into the one staging folder that the main process creates."""
-    from accelerate.utils import broadcast_object_list
-
     final = checkpoint_dir(output_dir, state.global_step)
     main = accelerator.is_main_process
     if main:

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 import datasets
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
 from facap_dataset.errors import DataError, SchemaError
@@ -226,8 +227,6 @@ def preprocess_pixels(table: datasets.Dataset, processor, *, batch_size: int = 2
     saves decoding and processing K x batch images per step (the input pipeline's main CPU cost), at
     N x K x 3 x S x S x 4 bytes of memory (2.2 GB for `make demo`'s 15,000 triplets at 64 px with hard negatives, K = 3).
     """
-    from tqdm.auto import tqdm
-
     dataset = TripletDataset(table, seed=0, caption_augmentation="none")
     chunks = []
     for start in tqdm(range(0, len(table), batch_size), desc="caching pixels", disable=not progress):

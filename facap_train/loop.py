@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import torch
+from accelerate import skip_first_batches
+from tqdm.auto import tqdm
 
 from .card import training_facts, write_model_card
 from .checkpoint import CHECKPOINTS, TrainerState, newest_verified, record_state, save_checkpoint, verify_checkpoint
@@ -56,8 +58,6 @@ def set_epoch(loader, epoch: int) -> None:
 
 def iterate_batches(loader, batches_per_epoch: int, batches_seen: int) -> Iterator[dict[str, torch.Tensor]]:
     """Endless stream of batches, starting exactly after the `batches_seen`-th (epoch and offset)."""
-    from accelerate import skip_first_batches
-
     epoch, offset = divmod(batches_seen, batches_per_epoch)
     while True:
         current = skip_first_batches(loader, offset) if offset else loader
@@ -82,8 +82,6 @@ def last_good_checkpoint(output_dir: Path, resumed_from: Path | None) -> Path | 
 def train_steps(run: TrainingRun, args: argparse.Namespace, progress: Progress, metrics: MetricsLog) -> Progress:
     """Train / save / evaluate until the planned step; the last step's checkpoint is saved, its evaluation is
     left to `finish`."""
-    from tqdm.auto import tqdm
-
     accelerator, plan = run.accelerator, run.plan
     state = progress.state
     batches = iterate_batches(run.loader, plan.batches_per_epoch, state.batches_seen)

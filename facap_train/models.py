@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+import modeling_fashionblip2
+from modeling_fashionblip2 import PRESETS, FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
+
 from .errors import TrainingError
 
 
 def load_model_and_processor(args: argparse.Namespace, texts: Sequence[str]):
     """--model PRESET | saved FashionBLIP-2 folder | BLIP-2 checkpoint, or --init-from a trained model/run."""
-    from modeling_fashionblip2 import PRESETS
-
     overrides = args.model_overrides
     if args.init_from is not None:
         model, processor = _load_saved(resolve_init_from(args.init_from), overrides)
@@ -34,8 +35,6 @@ def load_model_and_processor(args: argparse.Namespace, texts: Sequence[str]):
 
 def _from_preset(name: str, texts: Sequence[str], overrides: dict[str, Any]):
     """A random-init model; its tokenizer is built offline from the training texts' words."""
-    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
-
     config = _model_config(FashionBlip2Config.from_preset, name, overrides)
     processor = FashionBlip2Processor.from_texts(
         texts, image_size=config.vision_config.image_size, max_text_length=config.max_text_length
@@ -68,16 +67,12 @@ def is_fashionblip2_folder(path: Path) -> bool:
 def _conversion_errors() -> tuple[type[BaseException], ...]:
     """The model package's error for a checkpoint that cannot be converted: `ConversionError`, formerly
     (before the model package's rename) `CheckpointError`; whichever the installed package has."""
-    import modeling_fashionblip2
-
     names = ("ConversionError", "CheckpointError")
     return tuple(error for name in names if isinstance(error := getattr(modeling_fashionblip2, name, None), type))
 
 
 def _from_blip2(path_or_id: str, overrides: dict[str, Any]):
     """Convert a BLIP-2 retrieval checkpoint; its own tokenizer and image processor become the processor."""
-    from modeling_fashionblip2 import PRESETS, FashionBlip2Model, FashionBlip2Processor
-
     try:
         model = FashionBlip2Model.from_blip2(path_or_id, **copy.deepcopy(overrides))
         processor = FashionBlip2Processor.from_blip2(path_or_id, max_text_length=model.config.max_text_length)
@@ -100,8 +95,6 @@ def resolve_init_from(path: Path) -> Path:
 
 
 def _load_saved(path: Path, overrides: dict[str, Any]):
-    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
-
     config = _model_config(FashionBlip2Config.from_pretrained, str(path), overrides)
     try:
         return FashionBlip2Model.from_pretrained(path, config=config), FashionBlip2Processor.from_pretrained(path)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Iterator
 
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
 from facap_dataset.errors import DataError
 
@@ -89,8 +90,6 @@ def build_optimizer(model: torch.nn.Module, args: argparse.Namespace) -> torch.o
 
 def build_scheduler(optimizer: torch.optim.Optimizer, plan: RunPlan):
     """Linear warm-up then cosine decay to zero over the run's optimizer steps."""
-    from transformers import get_cosine_schedule_with_warmup
-
     return get_cosine_schedule_with_warmup(optimizer, plan.warmup_steps, plan.total_steps)
 
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any, Sequence
+
+import yaml
 
 from facap_dataset.captions import CAPTION_JOIN_RULES
 from facap_io.lists import comma_list, int_list
@@ -150,8 +153,6 @@ def build_parser(*, exit_on_error: bool = True) -> argparse.ArgumentParser:
 
 def config_tokens(path: Path, option_names: Sequence[str]) -> list[str]:
     """The command-line tokens a `--config` file stands for; raises ValueError naming a bad key or value."""
-    import yaml  # YAML is a superset of JSON: one reader serves both
-
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -181,8 +182,6 @@ def config_tokens(path: Path, option_names: Sequence[str]) -> list[str]:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse once: `--config` tokens first, then the command line (which wins); then the combination is checked."""
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)

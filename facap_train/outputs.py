@@ -10,7 +10,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import accelerate
 import torch
+import transformers
 
 from facap_io.atomic import staged_folder, write_json, write_text
 
@@ -55,9 +57,6 @@ def prepare_output_dir(args: argparse.Namespace, accelerator) -> Path:
 
 def run_config(args: argparse.Namespace, plan: RunPlan, sources: Sequence[str], accelerator) -> dict[str, Any]:
     """The resolved options, the derived plan and the data actually used (`args.json`, trackers, the card)."""
-    import accelerate
-    import transformers
-
     return {
         "args": {key: (str(value) if isinstance(value, Path) else value) for key, value in vars(args).items()},
         "plan": asdict(plan) | {"mixed_precision": accelerator.mixed_precision,
