@@ -97,7 +97,7 @@ def gather_rows(accelerator, rows: torch.Tensor | None) -> torch.Tensor:
     if rows is not None and len(rows):
         padded[: len(rows)] = rows.to(accelerator.device)
     gathered = accelerator.gather(padded).reshape(len(lengths), longest, *trailing)
-    return torch.cat([gathered[p, :n] for p, n in enumerate(lengths)]).cpu()
+    return torch.cat([gathered[p, :n] for p, n in enumerate(lengths)])
 
 
 def agree(accelerator, action: Callable[[], T]) -> T:

@@ -60,14 +60,14 @@ class Encoder:
 
     def _encode(self, rows: datasets.Dataset, collate, embed, description: str) -> torch.Tensor:
         mine = shard(len(rows), self.run.accelerator)
-        encoded = agree(self.run.accelerator, lambda: self._encode_rows(rows.select(mine), collate, embed, description))
+        encoded = agree(self.run.accelerator, lambda: self._encode_rows(rows, mine, collate, embed, description))
         return gather_rows(self.run.accelerator, encoded)
 
-    def _encode_rows(self, rows: datasets.Dataset, collate, embed, description: str) -> torch.Tensor | None:
-        """This process's rows, encoded; None when it has none."""
-        if len(rows) == 0:
+    def _encode_rows(self, rows: datasets.Dataset, mine: range, collate, embed, description: str) -> torch.Tensor | None:
+        """The rows `mine` of `rows`, encoded; None when there are none."""
+        if len(mine) == 0:
             return None
-        loader = DataLoader(rows, batch_size=self.run.batch_size, num_workers=self.run.num_workers, collate_fn=collate)
+        loader = DataLoader(rows.select(mine), batch_size=self.run.batch_size, num_workers=self.run.num_workers, collate_fn=collate)
         parts = []
         for batch in tqdm(loader, desc=description, disable=not self.run.progress, file=sys.stderr, leave=False):
             with self._autocast():

@@ -104,9 +104,8 @@ def dataset_dir(tmp_path_factory):
     return write_dataset(out, {**_config("dress", 0), **_config("shirt", 100)}, card=card)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random tiny model and its processor, plus the same saved as a model folder."""
+def tiny_model_and_processor():
+    """A random tiny FashionBLIP-2 whose images embed apart, and a processor for 32 px images and WORDS."""
     from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
 
     torch.manual_seed(0)
@@ -115,7 +114,13 @@ def tiny(tmp_path_factory):
         for parameter in model.parameters():
             if parameter.ndim >= 2:
                 parameter.normal_(0.0, 0.3)
-    processor = FashionBlip2Processor.from_texts(WORDS, image_size=32, max_text_length=32)
+    return model, FashionBlip2Processor.from_texts(WORDS, image_size=32, max_text_length=32)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random tiny model and its processor, plus the same saved as a model folder."""
+    model, processor = tiny_model_and_processor()
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 from datasets import DatasetDict, Value
 
 import eval_cir
@@ -15,7 +14,7 @@ from facap_dataset.export import DatasetCardInfo, write_dataset
 from facap_dataset.schema import triplet_features
 from facap_eval import Protocol, Runtime
 from facap_eval.breakdowns import text_length_bucket, text_length_buckets
-from test_eval import NUM_TRIPLETS, WORDS, _config
+from test_eval import NUM_TRIPLETS, _config, tiny_model_and_processor
 
 EDGES = (3, 5)
 K_VALUES = (1, 5, 10)
@@ -43,15 +42,7 @@ def dataset_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
-
-    torch.manual_seed(0)
-    model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny")).eval()
-    with torch.no_grad():  # spread the weights so that images embed differently
-        for parameter in model.parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0.0, 0.3)
-    return model, FashionBlip2Processor.from_texts(WORDS, image_size=32, max_text_length=32)
+    return tiny_model_and_processor()
 
 
 @pytest.fixture(scope="module")

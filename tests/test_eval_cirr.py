@@ -8,29 +8,18 @@ import json
 
 import pytest
 import torch
-from datasets import Dataset, DatasetDict, Features, Image as ImageFeature, List, Value
+from datasets import Dataset, DatasetDict, List, Value
 
 import eval_cir
 import facap_eval
 from facap_dataset.export import DatasetCardInfo, write_dataset
-from facap_dataset.schema import GALLERY_FEATURES
+from facap_dataset.schema import GALLERY_FEATURES, triplet_features
 from facap_eval import Protocol, Runtime
-from test_eval import WORDS, _image
+from test_eval import WORDS, _image, tiny_model_and_processor
 
 GALLERY_SIZE = 60
 SET_SIZE = 6
-CIRR_FEATURES = Features(
-    {
-        "reference_id": Value("string"),
-        "target_id": Value("string"),
-        "captions": List(Value("string")),
-        "category": Value("string"),
-        "reference_image": ImageFeature(),
-        "target_image": ImageFeature(),
-        "pair_id": Value("int64"),
-        "img_set_members": List(Value("string")),
-    }
-)
+CIRR_FEATURES = triplet_features({"pair_id": Value("int64"), "img_set_members": List(Value("string"))})
 # (reference, target) rows of the gallery; each triplet's image set is the block of 6 holding its reference
 PAIRS = [(0, 1), (2, 5), (4, 3), (6, 7), (8, 11), (10, 9), (12, 13), (14, 17), (16, 15), (1, 0)]
 TIED = 59  # the gallery's last image has the same bytes as image 1, a target: a tie the protocol must not reward
@@ -72,15 +61,7 @@ def dataset_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny():
-    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
-
-    torch.manual_seed(0)
-    model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny")).eval()
-    with torch.no_grad():  # spread the weights so that images embed differently
-        for parameter in model.parameters():
-            if parameter.ndim >= 2:
-                parameter.normal_(0.0, 0.3)
-    return model, FashionBlip2Processor.from_texts(WORDS, image_size=32, max_text_length=32)
+    return tiny_model_and_processor()
 
 
 def _hand_ranks(tiny, dataset_dir):
@@ -162,3 +143,6 @@ def test_cli_test_split_needs_predictions_and_writes_server_files(tiny, dataset_
     assert "no targets: pass a predictions folder" in capsys.readouterr().err
     assert eval_cir.main(base + ["--predictions", str(tmp_path / "server")]) == 0
     assert sorted(p.name for p in (tmp_path / "server").iterdir()) == ["cirr.test.recall.json", "cirr.test.recall_subset.json"]
+    validation = [arg if arg != "test" else "validation" for arg in base]
+    assert eval_cir.main(validation + ["--report", str(tmp_path / "report"), "--report-samples", "3"]) == 0
+    assert (tmp_path / "report" / "index.html").is_file() and len(list((tmp_path / "report" / "png").iterdir())) == 3
