@@ -29,9 +29,10 @@ from facap_io.atomic import write_text
 from facap_io.errors import FacapError
 from facap_io.hub import PushError, check_repo_id, upload
 
+from .pipeline_fashionblip2 import PIPELINE_TASK
+
 TASK_TYPE = "composed-image-retrieval"
 TASK_NAME = "Composed Image Retrieval"
-PIPELINE_TASK = "composed-image-retrieval"  # the custom pipeline saved with every model
 CARD_TAGS = ["fashion", "composed-image-retrieval", "blip-2", "fashionblip2", "custom_code"]
 CARD_NAME = "README.md"
 HEADLINE_METRIC = "mean_recall"  # metric_type of the results' `average.mean`

@@ -23,6 +23,9 @@ from transformers.utils import ModelOutput, logging
 
 from .configuration_fashionblip2 import FashionBlip2Config
 from .convert import ConversionError, convert_blip2
+# Imported so that `save_pretrained` copies the pipeline next to the weights (the config's `custom_pipelines`
+# names it): transformers copies the flat siblings a remote-code file imports.
+from .pipeline_fashionblip2 import ComposedImageRetrievalPipeline
 
 logger = logging.get_logger(__name__)
 
@@ -354,7 +357,9 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
         vision_tokens = self.get_vision_tokens(pixel_values, interpolate_pos_encoding)
         return self._query_head(self.get_query_states(vision_tokens, input_ids, attention_mask))
 
-    def get_candidate_embeddings(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+    def get_candidate_embeddings(
+        self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False
+    ) -> torch.Tensor:
         """Unit-norm candidate embeddings: `(batch_size, embedding_dim)` for `multihead`, `(batch_size, n_q,
         embedding_dim)` for `max` (BLIP-2's ITC image embeddings, one per query token)."""
         vision_tokens = self.get_vision_tokens(pixel_values, interpolate_pos_encoding)
@@ -453,6 +458,7 @@ class FashionBlip2Model(FashionBlip2PreTrainedModel):
 
 
 __all__ = [
+    "ComposedImageRetrievalPipeline",
     "ContrastiveLoss",
     "ConversionError",
     "FashionBlip2Model",

@@ -387,7 +387,7 @@ def test_saved_folder_lists_the_remote_code(tiny_model_dir):
     processor_config = json.loads((tiny_model_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_fashionblip2.FashionBlip2Processor"
     for name in ("configuration_fashionblip2.py", "modeling_fashionblip2.py", "processing_fashionblip2.py",
-                 "convert.py", "model.safetensors"):
+                 "convert.py", "pipeline_fashionblip2.py", "model.safetensors"):
         assert (tiny_model_dir / name).is_file(), name
     assert not list(tiny_model_dir.glob("*.bin")) and not (tiny_model_dir / "__init__.py").exists()
     assert math.isfinite(config["temperature_init"])
@@ -428,7 +428,7 @@ def test_contrastive_loss_owns_labels_and_scores_through_the_matching_mode(match
 
 
 REMOTE_FILES = ("configuration_fashionblip2.py", "modeling_fashionblip2.py", "processing_fashionblip2.py",
-                "convert.py")
+                "convert.py", "pipeline_fashionblip2.py")
 REMOTE_IMPORTS = {"__future__", "collections", "copy", "dataclasses", "json", "math", "os", "typing", "torch",
                   "transformers", "safetensors", "huggingface_hub", "tokenizers", "PIL"}
 

@@ -209,3 +209,19 @@ def test_convert_command_reports_a_bad_checkpoint(blip2, tmp_path, capsys):
     source = _copy_checkpoint(blip2[1], tmp_path / "ckpt", drop_prefix="qformer.")
     assert main(["convert", str(source), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
+
+
+def test_convert_command_runs_as_documented(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling_fashionblip2", "convert", str(tmp_path / "missing"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: {tmp_path / 'missing'}: no such folder") and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
