@@ -4,8 +4,10 @@ models (`best/`, `final/`) and the summary. Every file and folder is written ato
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import shutil
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -81,12 +83,28 @@ def tracker_config(resolved: dict[str, Any]) -> dict[str, Any]:
 def save_model(model, processor, destination: Path, *, extra: Callable[[Path], Any] | None = None) -> Path:
     """`save_pretrained` of model and processor (with remote code) into `destination`, replacing it whole;
     `extra(folder)` adds files (the model card) before the swap."""
-    with staged_folder(destination) as staging:
+    with staged_folder(destination) as staging, _config_unchanged(model.config):
         model.save_pretrained(staging)
-        processor.save_pretrained(staging)
+        copy.deepcopy(processor).save_pretrained(staging)  # it, too, records `auto_map` in itself
         if extra is not None:
             extra(staging)
     return destination
+
+
+@contextmanager
+def _config_unchanged(config):
+    """Undo what `save_pretrained` records in the live config (`architectures`, `auto_map`, `dtype`): only the
+    main process saves, and the processes' models must stay identical (a sharded evaluation compares their
+    fingerprints, config included)."""
+    before = dict(vars(config))
+    try:
+        yield
+    finally:
+        for key in set(vars(config)) - set(before):
+            delattr(config, key)
+        for key, value in before.items():
+            if vars(config).get(key) is not value:
+                setattr(config, key, value)
 
 
 class MetricsLog:

@@ -438,3 +438,17 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synth
     assert code == 1
     assert "error: the loss is nan at step 2" in err and f"last good checkpoint is {output_dir}" in err
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1"] and not (output_dir / "final").exists()
+
+
+def test_saving_a_model_leaves_the_live_model_and_processor_unchanged(tiny_processor, tmp_path):
+    """Only the main process saves best/ and final/; the processes' models must stay identical for the sharded
+    evaluation (it compares fingerprints, config and processor settings included)."""
+    from facap_retrieval.cache import model_fingerprint
+    from facap_train.outputs import save_model
+    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model
+
+    model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny"))
+    before = model_fingerprint(model, tiny_processor)
+    save_model(model, tiny_processor, tmp_path / "final")
+    assert model_fingerprint(model, tiny_processor) == before
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["auto_map"]["AutoModel"]
