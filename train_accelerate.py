@@ -28,7 +28,7 @@ from facap_train.accelerator import build_accelerator, cpu_thread_hint
 from facap_train.card import check_push, push_run
 from facap_train.checkpoint import TrainerState, resolve_resume
 from facap_train.data import TripletDataset, build_dataloader, load_training_triplets, preprocess_pixels
-from facap_train.errors import CheckpointError, NonFiniteLossError
+from facap_train.errors import NonFiniteLossError
 from facap_train.evaluation import plan_evaluation
 from facap_train.loop import Progress, TrainingRun, finish, train_steps
 from facap_train.models import load_model_and_processor
@@ -44,7 +44,8 @@ def log(accelerator, message: str) -> None:
 
 def setup(args: argparse.Namespace, hub_api=None) -> TrainingRun:
     """accelerator -> seed -> checks of the push and the output folder -> data (training, then the evaluation
-    options checked against the eval data) -> model -> optimizer/scheduler -> `prepare`."""
+    options checked against the eval data) -> the checkpoint to resume, verified -> model -> optimizer/scheduler
+    -> `prepare`."""
     accelerator = build_accelerator(args)
     hint = cpu_thread_hint(accelerator)
     if hint:
@@ -58,6 +59,8 @@ def setup(args: argparse.Namespace, hub_api=None) -> TrainingRun:
     for note in evaluation.notes if evaluation else ():
         log(accelerator, note)
     plan = plan_run(args, len(triplets.table), accelerator.num_processes)
+    resume_from = resolve_resume(args.resume_from_checkpoint, output_dir, plan.global_batch_size) \
+        if args.resume_from_checkpoint else None
     model, processor = load_model_and_processor(args, triplets.texts())
     pixels = preprocess_pixels(triplets.table, processor, progress=accelerator.is_local_main_process) if args.cache_images else None
     dataset = TripletDataset(triplets.table, seed=args.seed, caption_augmentation=args.caption_augmentation,
@@ -67,19 +70,14 @@ def setup(args: argparse.Namespace, hub_api=None) -> TrainingRun:
     scheduler = build_scheduler(optimizer, plan)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
     return TrainingRun(accelerator, model, processor, optimizer, scheduler, loader, plan, evaluation, output_dir,
-                       triplets.sources)
+                       triplets.sources, resume_from)
 
 
-def resume(run: TrainingRun, args: argparse.Namespace) -> Progress:
-    """Verify and load a checkpoint (model, optimizer, scheduler, RNG states); where training stands."""
-    if args.resume_from_checkpoint is None:
+def resume(run: TrainingRun) -> Progress:
+    """Load the checkpoint verified in `setup` (model, optimizer, scheduler, RNG states); where training stands."""
+    if run.resume_from is None:
         return Progress(TrainerState(global_batch_size=run.plan.global_batch_size))
-    checkpoint, state = resolve_resume(args.resume_from_checkpoint, run.output_dir)
-    if state.global_batch_size != run.plan.global_batch_size:
-        raise CheckpointError(
-            f"{checkpoint} was trained with a global batch of {state.global_batch_size} examples per step, this "
-            f"run uses {run.plan.global_batch_size}: the data position cannot be resumed"
-        )
+    checkpoint, state = run.resume_from
     run.accelerator.load_state(str(checkpoint))
     return Progress(state, last_checkpoint=checkpoint)
 
@@ -89,7 +87,7 @@ def train(args: argparse.Namespace, hub_api=None) -> dict[str, Any]:
     started = time.monotonic()
     run = setup(args, hub_api)
     accelerator, plan = run.accelerator, run.plan
-    progress = resume(run, args)
+    progress = resume(run)
     resolved = run_config(args, plan, run.sources, accelerator)
     write_run_config(resolved, accelerator, run.output_dir)
     if args.report_to != "none":

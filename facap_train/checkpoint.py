@@ -156,10 +156,11 @@ def newest_verified(folder: Path, *, below: Path | None = None) -> Path | None:
     return None
 
 
-def resolve_resume(spec: str, output_dir: Path) -> tuple[Path, TrainerState]:
+def resolve_resume(spec: str, output_dir: Path, global_batch_size: int | None = None) -> tuple[Path, TrainerState]:
     """`latest` -> the newest complete checkpoint under OUT/checkpoints; otherwise a checkpoint folder.
 
-    The checkpoint is verified; one that does not is refused, naming the newest one that does."""
+    The checkpoint is verified; one that does not is refused, naming the newest one that does. With
+    `global_batch_size`, a checkpoint trained with another one is refused (its data position would be wrong)."""
     if spec == "latest":
         checkpoints = list_checkpoints(output_dir)
         if not checkpoints:
@@ -170,13 +171,19 @@ def resolve_resume(spec: str, output_dir: Path) -> tuple[Path, TrainerState]:
         if not path.is_dir():
             raise CheckpointError(f"--resume-from-checkpoint {spec}: no such folder")
     try:
-        return path, verify_checkpoint(path)
+        state = verify_checkpoint(path)
     except CheckpointError as error:
         if not (path / STATE_FILE).is_file() and not _CHECKPOINT_NAME.match(path.name):
             raise
         good = newest_verified(path.parent, below=path)
         hint = f"the newest checkpoint that verifies is {good}" if good else f"no older checkpoint in {path.parent} verifies"
         raise CheckpointError(f"refusing to resume from {path}: {error}; {hint}") from None
+    if global_batch_size is not None and state.global_batch_size != global_batch_size:
+        raise CheckpointError(
+            f"{path} was trained with a global batch of {state.global_batch_size} examples per step, this run uses "
+            f"{global_batch_size}: the data position cannot be resumed"
+        )
+    return path, state
 
 
 def save_checkpoint(accelerator, output_dir: Path, state: TrainerState, *, total_limit: int | None) -> Path:

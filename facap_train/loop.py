@@ -35,6 +35,7 @@ class TrainingRun:
     evaluation: EvaluationPlan | None
     output_dir: Path
     sources: tuple[str, ...]
+    resume_from: tuple[Path, TrainerState] | None = None  # a verified checkpoint and its state
 
 
 @dataclass(frozen=True)
