@@ -57,6 +57,7 @@ CASES = {
     "max-grad-norm inf": (_options("--max-grad-norm", "inf"), "argument --max-grad-norm: expected a finite number >= 0, got 'inf'"),
     "max-grad-norm negative": (_options("--max-grad-norm", "-1"), "argument --max-grad-norm: expected a finite number >= 0, got '-1'"),
     "num-epochs nan": (_options("--max-steps", "", "--num-epochs", "nan"), "--num-epochs"),
+    "--hub-private without --push-to-hub": (_options("--hub-private"), "--hub-private needs --push-to-hub"),
     "malformed repo id": (_options("--push-to-hub", "not a repo"), "invalid Hub repo id 'not a repo'"),
     "push without a token": (_no_token, "no Hugging Face token"),
     "K above every gallery": (_options("--eval-k-values", "100"), "dress (validation): k=100 is larger than the gallery (28 images)"),

@@ -71,3 +71,24 @@ def test_cut_offs_that_no_gallery_answers_are_refused_before_step_1(gallery_of_3
     err = capsys.readouterr().err
     assert code == 2 and "error: dress (validation): k=40 is larger than the gallery (35 images)" in err
     assert not list_checkpoints(output_dir) and not (output_dir / "final").exists()
+
+
+def test_evaluating_during_training_does_not_change_the_training(synthetic_dir, tmp_path):
+    """Checkpoints are saved before evaluating, so evaluation must leave the training randomness alone (its data
+    loaders draw seeds from the global RNG that dropout uses): the same run with and without evaluations ends
+    with the same weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    def run(name: str, *extra: str) -> dict:
+        output_dir = tmp_path / name
+        argv = ["--dataset", str(synthetic_dir), "--configs", "dress,shirt,toptee", "--model", "tiny", "--output-dir",
+                str(output_dir), "--batch-size", "8", "--max-steps", "4", "--num-workers", "0", "--eval-batch-size",
+                "32", "--eval-k-values", "1,5,10", "--save-steps", "2", *extra]  # fmt: skip
+        assert ta.main(argv) == 0
+        return load_file(output_dir / "final" / "model.safetensors")
+
+    evaluated, plain = run("evaluated", "--eval-steps", "1"), run("plain", "--no-eval")
+    assert evaluated.keys() == plain.keys()
+    for name in plain:
+        assert torch.equal(evaluated[name], plain[name]), name
