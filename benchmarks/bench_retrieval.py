@@ -139,9 +139,9 @@ def memory_child(model_dir: str, dataset_dir: str) -> None:
     Arrow files) every millisecond, and print its peak growth during `evaluate` as JSON."""
     import datasets
 
-    import eval_cir
+    import facap_eval
 
-    model, processor = eval_cir.load_model_and_processor(model_dir, "cpu")
+    model, processor = facap_eval.load_model_and_processor(model_dir, "cpu")
     for config in datasets.get_dataset_config_names(dataset_dir):  # datasets' one-time Arrow conversion
         datasets.load_dataset(dataset_dir, config, split="validation")
     baseline, peak, done = _anon_rss_bytes(), [0], threading.Event()
@@ -154,7 +154,8 @@ def memory_child(model_dir: str, dataset_dir: str) -> None:
     sampler = threading.Thread(target=sample)
     sampler.start()
     try:
-        results = eval_cir.evaluate(model, processor, dataset_dir, batch_size=MEMORY_BATCH_SIZE, progress=False)
+        run = facap_eval.Runtime(batch_size=MEMORY_BATCH_SIZE, progress=False)
+        results = facap_eval.evaluate(model, processor, dataset_dir, run=run)
     finally:
         done.set()
         sampler.join()

@@ -22,6 +22,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from facap_io.errors import FacapError
+
 DEFAULT_K_VALUES = (1, 5, 10, 50)
 NO_INDEX = -1  # marks "no target in the gallery" / "nothing to exclude" in index tensors
 DEFAULT_CHUNK_BYTES = 2**30  # score-block budget per query chunk: ~2,600 queries of a 100k gallery
@@ -29,7 +31,7 @@ DEFAULT_CHUNK_BYTES = 2**30  # score-block budget per query chunk: ~2,600 querie
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-class RetrievalError(ValueError):
+class RetrievalError(FacapError):
     """Bad retrieval input: k larger than the gallery, shape mismatches, non-finite embeddings."""
 
 

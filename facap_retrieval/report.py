@@ -9,22 +9,23 @@ from __future__ import annotations
 
 import html
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import datasets
 from PIL import Image, ImageDraw, ImageOps
 
-from facap_retrieval.ranking import Ranking
 from facap_dataset.captions import join_captions
 from facap_dataset.images import load_rgb
+from facap_io.atomic import staged_folder
+from facap_io.paths import plain_name
+from facap_retrieval.ranking import Ranking, RetrievalError
 
 THUMB = 112  # thumbnail side in pixels
 LABEL_HEIGHT = 14
 BORDER = 4
 SHOWN_RESULTS = 10
+REPORT_ENTRIES = ("index.html", "png")  # everything a report folder holds
 COLOURS = {"reference": (40, 90, 220), "target": (30, 160, 60), "missed": (210, 40, 40), "other": (235, 235, 235)}
 
 
@@ -108,6 +109,19 @@ img{{max-width:100%}} .legend span{{padding:0 .5em;color:white}}</style></head><
 """
 
 
+def check_report_folder(report_dir: str | os.PathLike) -> None:
+    """Refuse a report folder holding anything a report does not write: a report replaces its folder whole,
+    and files the program did not write are never deleted."""
+    folder = Path(report_dir)
+    if folder.is_dir():
+        foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in REPORT_ENTRIES)
+        if foreign:
+            raise RetrievalError(
+                f"report folder {folder} holds files a report does not write ({', '.join(foreign[:3])}); "
+                "a report replaces its folder whole: give a new or empty folder"
+            )
+
+
 def write_report(
     report_dir: str | os.PathLike,
     sections: Mapping[str, tuple[datasets.Dataset, datasets.Dataset, Ranking]],
@@ -117,11 +131,12 @@ def write_report(
     num_samples: int = 24,
     shown: int = SHOWN_RESULTS,
 ) -> Path:
-    """Write `report_dir/index.html` and `report_dir/png/*.png`; replaces an earlier report as a whole."""
-    report_dir = Path(report_dir)
-    report_dir.parent.mkdir(parents=True, exist_ok=True)
-    build = Path(tempfile.mkdtemp(dir=report_dir.parent, prefix=f".{report_dir.name}."))
-    try:
+    """Write `report_dir/index.html` and `report_dir/png/*.png`; replaces an earlier report as a whole (an
+    interrupted write leaves the earlier report in place)."""
+    for name in sections:
+        plain_name(name, what="report section")
+    check_report_folder(report_dir)
+    with staged_folder(report_dir) as build:
         (build / "png").mkdir()
         html_sections = []
         for name, (triplets, gallery, ranking) in sections.items():
@@ -134,10 +149,7 @@ def write_report(
             sections="\n".join(html_sections),
         )
         (build / "index.html").write_text(page, encoding="utf-8")
-        _replace_dir(build, report_dir)
-    finally:
-        shutil.rmtree(build, ignore_errors=True)
-    return report_dir
+    return Path(report_dir)
 
 
 def _write_section(build, name, triplets, gallery, ranking, results, caption_join, num_samples, shown) -> str:
@@ -155,14 +167,3 @@ def _write_section(build, name, triplets, gallery, ranking, results, caption_joi
         joined = join_captions(facts["captions"], caption_join)
         figures.append((png, facts, " | ".join(joined) if isinstance(joined, list) else joined))
     return _section_html(name, results["configs"][name], figures, shown)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Swap `new` into place of `target` (an old report is moved aside first, then removed)."""
-    if target.exists():
-        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
-        os.replace(target, old / "report")
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)

@@ -5,8 +5,8 @@ of the synthetic set, the demo's pass criteria, and a check that the saved folde
         --output demo_output/report.json
 
 Rows (each the mean over the categories, recalls in percent):
-- FashionBLIP-2: the trained model (eval_cir.evaluate, Fashion IQ protocol);
-- image-only / text-only: eval_cir.evaluate_baseline with the same model (reference image alone; text with
+- FashionBLIP-2: the trained model (facap_eval.evaluate, Fashion IQ protocol);
+- image-only / text-only: facap_eval.evaluate_baseline with the same model (reference image alone; text with
   the mean image);
 - text oracle / image oracle / composed oracle: the attribute oracles of facap_dataset.synthetic_oracle
   (expected recall of a perfect text-only / image-only / composing ranker; ties broken at random).
@@ -61,14 +61,15 @@ def oracle_rows(dataset: str, configs: list[str], split: str) -> dict[str, dict[
 
 
 def model_rows(model_dir: str, dataset: str, configs: list[str], split: str, batch_size: int) -> tuple[dict, dict]:
-    import eval_cir
+    import facap_eval
 
-    model, processor = eval_cir.load_model_and_processor(model_dir)
-    options = {"split": split, "batch_size": batch_size, "k_values": K_VALUES, "progress": False}
-    results = eval_cir.evaluate(model, processor, dataset, configs, **options)
+    model, processor = facap_eval.load_model_and_processor(model_dir)
+    protocol = facap_eval.Protocol(split=split, k_values=tuple(K_VALUES))
+    run = facap_eval.Runtime(batch_size=batch_size, progress=False)
+    results = facap_eval.evaluate(model, processor, dataset, configs, protocol, run)
     rows = {"FashionBLIP-2 (trained)": results["average"]}
-    for kind in eval_cir.BASELINES:
-        rows[kind] = eval_cir.evaluate_baseline(kind, processor, model, dataset, configs, **options)["average"]
+    for kind in facap_eval.BASELINES:
+        rows[kind] = facap_eval.evaluate_baseline(kind, model, processor, dataset, configs, protocol, run)["average"]
     return rows, results
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     configs = args.configs.split(",")
 
-    import eval_cir
+    import facap_eval
 
     rows, results = model_rows(args.model, args.dataset, configs, args.split, args.batch_size)
     rows.update(oracle_rows(args.dataset, configs, args.split))
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     loaded = check_remote_code(args.model)
     print(f"\n{args.split} split of {args.dataset}, mean over {', '.join(configs)} (recall in %):\n")
     print(format_table(rows))
-    print("\nper category (trained model):\n" + eval_cir.format_results_table(results))
+    print("\nper category (trained model):\n" + facap_eval.format_results_table(results))
     print("\n" + "\n".join(verdicts))
     print(f"remote code: AutoModel.from_pretrained({args.model!r}, trust_remote_code=True) -> {loaded}")
     if args.output:

@@ -1,4 +1,4 @@
-"""eval_cir end to end on a small hand-made dataset and a random tiny FashionBLIP-2.
+"""facap_eval (and eval_cir's command line) end to end on a small hand-made dataset and a random tiny FashionBLIP-2.
 
 The dataset is built here (not the synthetic set) so that it holds the anomalies the protocol must report:
 a target missing from the gallery, an empty caption, a test split without targets.
@@ -16,8 +16,9 @@ from datasets import Dataset, DatasetDict
 from PIL import Image
 
 import eval_cir
+import facap_eval
+from facap_eval import EvalError, Protocol, Runtime, format_results_table, load_model_and_processor
 from facap_retrieval.ranking import RetrievalError
-from eval_cir import EvalError, evaluate, evaluate_baseline, format_results_table, load_model_and_processor
 from facap_dataset.errors import DataError
 from facap_dataset.export import DatasetCardInfo, write_dataset
 from facap_dataset.images import encode_jpeg
@@ -27,11 +28,28 @@ GALLERY_SIZE = 60
 NUM_TRIPLETS = 12
 WORDS = ["is", "red", "blue", "longer", "shorter", "has", "stripes", "no", "sleeves", "and", "darker"]
 PROTOCOL_KEYS = {
-    "split", "configs", "query_mode", "caption_join", "caption_variants", "exclude_reference", "k_values",
+    "benchmark", "ties", "headline", "k_above_gallery", "dropped_k_values", "notes", "split", "configs", "query_mode", "caption_join", "caption_variants", "exclude_reference", "k_values",
     "tie_rule", "gallery_sizes", "num_queries", "num_triplets", "skipped_triplets", "missing_targets",
     "references_not_in_gallery", "empty_captions", "hidden_targets", "precision", "device", "batch_size",
     "model", "dataset", "gallery_cache",
 }  # fmt: skip
+
+PROTOCOL_FIELDS = {"split", "caption_join", "exclude_reference", "k_values", "k_above_gallery", "breakdowns"}
+
+
+def _options(options: dict) -> tuple[Protocol, Runtime]:
+    """Keyword options split into the Protocol and the Runtime they belong to."""
+    protocol = {k: v for k, v in options.items() if k in PROTOCOL_FIELDS}
+    runtime = {k: v for k, v in options.items() if k not in PROTOCOL_FIELDS}
+    return Protocol(**protocol), Runtime(**runtime)
+
+
+def evaluate(model, processor, dataset, configs, **options):
+    return facap_eval.evaluate(model, processor, dataset, configs, *_options(options))
+
+
+def evaluate_baseline(kind, processor, model, dataset, configs, **options):
+    return facap_eval.evaluate_baseline(kind, model, processor, dataset, configs, *_options(options))
 
 
 def _image(seed: int) -> dict:
@@ -199,8 +217,8 @@ def test_cache_is_reused_and_invalidated_by_a_changed_model(tiny, dataset_dir, t
     first = evaluate(model, processor, dataset_dir, "dress", progress=False, cache_dir=tmp_path)
     assert first["protocol"]["gallery_cache"] == {"dress": "miss"}
     encoded = []
-    original = eval_cir.encode_gallery
-    monkeypatch.setattr(eval_cir, "encode_gallery", lambda *a, **kw: encoded.append(1) or original(*a, **kw))
+    original = facap_eval.encoding.Encoder.gallery
+    monkeypatch.setattr(facap_eval.encoding.Encoder, "gallery", lambda *a, **kw: encoded.append(1) or original(*a, **kw))
     again = evaluate(model, processor, dataset_dir, "dress", progress=False, cache_dir=tmp_path)
     assert again["protocol"]["gallery_cache"] == {"dress": "hit"} and not encoded
     assert again["configs"] == first["configs"]
@@ -282,7 +300,7 @@ def test_cli(tiny, dataset_dir, tmp_path, capsys):
         (["--split", "train"], "no split 'train'"),
         (["--k-values", "1,61"], "k=61 is larger than the gallery (60 images)"),
         (["--exclude-reference", "--k-values", "60"], "one per query excluded as the reference"),
-        (["--k-values", "ten"], "--k-values must be comma-separated integers"),
+        (["--k-values", "ten"], "expected a comma-separated list of integers, got 'ten'"),
         (["--batch-size", "0"], "batch size must be >= 1"),
         (["--device", "tpu9"], "'tpu9' is not a torch device"),
     ],
@@ -290,9 +308,13 @@ def test_cli(tiny, dataset_dir, tmp_path, capsys):
 def test_cli_bad_input(tiny, dataset_dir, capsys, argv, message):
     _, _, folder = tiny
     base = ["--model", str(folder), "--dataset", str(dataset_dir), "--configs", "dress", "--no-progress"]
-    assert eval_cir.main(base + argv) == 2
+    try:
+        code = eval_cir.main(base + argv)
+    except SystemExit as exit:  # argparse's own checks
+        code = exit.code
+    assert code == 2
     last_line = capsys.readouterr().err.strip().splitlines()[-1]  # earlier lines: transformers' load progress
-    assert last_line.startswith("error: ") and message in last_line
+    assert "error: " in last_line and message in last_line
 
 
 def test_not_a_model(tmp_path):
@@ -339,9 +361,11 @@ def test_bad_options(tiny, dataset_dir):
         evaluate(model, processor, dataset_dir, "dress", precision="int4")
     with pytest.raises(EvalError, match="distinct non-empty"):
         evaluate(model, processor, dataset_dir, "dress,dress")
+    with pytest.raises(EvalError, match="unknown breakdown 'colour'"):
+        evaluate(model, processor, dataset_dir, "dress", breakdowns=("colour",))
     with pytest.raises(DataError, match="no dataset folder"):
         evaluate(model, processor, dataset_dir / "nowhere", "dress")
-    assert issubclass(RetrievalError, ValueError)
+    assert issubclass(RetrievalError, facap_eval.errors.FacapError) and issubclass(EvalError, ValueError)
 
 
 def test_synthetic_set_one_query_per_triplet(tiny_model_dir, synthetic_dir):
