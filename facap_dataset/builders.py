@@ -8,6 +8,11 @@ source, the licence, the build command and what was skipped.
 Missing or unreadable images are an error naming the first few and the count, unless
 `on_missing="skip"`: then every triplet and gallery entry that needs such an image is dropped and the
 counts go into the card. Image paths from the annotations never leave their image root.
+
+Degenerate triplets follow one rule in every builder (`drop_degenerate`): a triplet whose target is its own
+reference is dropped (there is nothing to compose), and of exact repeats (same reference, target and
+captions) the first is kept; triplets with a hidden target are never compared. Both are counted in the card
+and on stderr, like every other drop.
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ from datasets import Dataset, DatasetDict, DatasetInfo, Features, Image, Value
 from datasets.fingerprint import generate_random_fingerprint
 from datasets.table import InMemoryTable
 
-from . import readers
+from facap_io.lists import comma_list
+
+from . import citations, readers
 from .errors import DataError, MissingImageError
-from .export import DatasetCardInfo, write_dataset
+from .export import DatasetCardInfo, check_destination, write_dataset
 from .readers import PreparedImages, RawTriplet, prepare_images
 from .schema import FASHIONIQ_CATEGORIES, GALLERY_FEATURES, SPLITS, gallery_config, triplet_features
 
@@ -52,6 +59,8 @@ FACAP_SOURCE = (
     "licence of the annotations. **The images are not covered**: they come from Fashion200k (product "
     "photos of online shops) under their owners' terms."
 )
+FASHIONIQ_LICENSE = {"license_name": "fashion-iq-cdla-annotations", "license_link": "https://github.com/XiaoxiaoGuo/fashion-iq"}
+FACAP_LICENSE = {"license_name": "facap-release-terms", "license_link": "https://arxiv.org/abs/2507.07135"}
 
 
 # ----------------------------------------------------------------------------------------------- sources
@@ -73,7 +82,7 @@ class BuildNotes:
     skipped_images: list[str] = field(default_factory=list)
 
 
-def _check_choice(kind: str, values: Sequence[str], allowed: Sequence[str]) -> list[str]:
+def check_choice(kind: str, values: Sequence[str], allowed: Sequence[str]) -> list[str]:
     unknown = [v for v in values if v not in allowed]
     if unknown:
         raise DataError(f"unknown {kind} {unknown[0]!r}; expected one of: {', '.join(allowed)}")
@@ -85,7 +94,7 @@ def _check_choice(kind: str, values: Sequence[str], allowed: Sequence[str]) -> l
 def _fashioniq_splits(raw_dir: Path, category: str, splits: Sequence[str] | None) -> list[str]:
     """The requested splits, or by default those whose caption file exists (at least one must)."""
     if splits is not None:
-        return _check_choice("split", splits, SPLITS)
+        return check_choice("split", splits, SPLITS)
     found = [split for split in SPLITS if readers.fashioniq_captions_path(raw_dir, category, split).is_file()]
     if not found:
         expected = readers.fashioniq_captions_path(raw_dir, category, "validation").parent
@@ -266,6 +275,33 @@ def _dataset(columns: Mapping[str, list], features: Features, split: str) -> Dat
     return Dataset(table, info=DatasetInfo(features=features), split=split, fingerprint=generate_random_fingerprint())
 
 
+def drop_degenerate(
+    category: str, split: str, triplets: Sequence[RawTriplet], notes: BuildNotes
+) -> list[RawTriplet]:
+    """`triplets` without those whose target is their reference and without exact repeats (same reference,
+    target and captions; the first is kept), each count noted. Hidden targets (None) are never compared:
+    two test queries alike may still have different targets."""
+    kept, seen, same, repeats = [], set(), 0, 0
+    for triplet in triplets:
+        if triplet.target is not None and triplet.target == triplet.reference:
+            same += 1
+            continue
+        if triplet.target is not None:
+            key = (triplet.reference, triplet.target, triplet.captions)
+            if key in seen:
+                repeats += 1
+                continue
+            seen.add(key)
+        kept.append(triplet)
+    if same:
+        notes.skipped[f"{category}/{split}: triplets whose target is their reference (dropped)"] = same
+    if repeats:
+        notes.skipped[f"{category}/{split}: repeated triplets, same reference, target and captions (dropped)"] = (
+            repeats
+        )
+    return kept
+
+
 def triplet_dataset(
     category: str,
     split: str,
@@ -273,8 +309,11 @@ def triplet_dataset(
     images: Mapping[str, bytes],
     notes: BuildNotes,
     image_captions: Mapping[str, str] | None = None,
+    extra_features: Features | None = None,
 ) -> Dataset:
-    """The triplet rows of one split (DESIGN.md 3.2), dropping (and counting) those that need a skipped image."""
+    """The triplet rows of one split (DESIGN.md 3.2), dropping (and counting) degenerate ones and those that
+    need a skipped image. `extra_features` types the columns each triplet carries in `RawTriplet.extra`."""
+    triplets = drop_degenerate(category, split, triplets, notes)
     kept = [t for t in triplets if t.reference in images and (t.target is None or t.target in images)]
     if len(kept) < len(triplets):
         notes.skipped[f"{category}/{split}: triplets needing a missing or unreadable image"] = len(triplets) - len(kept)
@@ -290,9 +329,11 @@ def triplet_dataset(
         "reference_image": [images[t.reference] for t in kept],
         "target_image": [None if t.target is None else images[t.target] for t in kept],
     }
-    extra = None
+    extra = dict(extra_features or {})
+    for name in extra:
+        columns[name] = [dict(t.extra)[name] for t in kept]
     if image_captions is not None:
-        extra = {"reference_caption": Value("string"), "target_caption": Value("string")}
+        extra |= {"reference_caption": Value("string"), "target_caption": Value("string")}
         columns["reference_caption"] = [image_captions.get(t.reference) for t in kept]
         columns["target_caption"] = [image_captions.get(t.target) for t in kept]
         uncaptioned = {k for t in kept for k in (t.reference, t.target) if k is not None and k not in image_captions}
@@ -322,13 +363,17 @@ def assemble(
     images: Mapping[str, bytes],
     notes: BuildNotes,
     image_captions: Mapping[str, Mapping[str, str]] | None = None,
+    extra_features: Features | None = None,
 ) -> dict[str, DatasetDict]:
     """Config name -> DatasetDict: each category's triplet config followed by its gallery config."""
     configs = {}
     for category, splits in sources.items():
         captions = image_captions[category] if image_captions is not None else None
         configs[category] = DatasetDict(
-            {s: triplet_dataset(category, s, src.triplets, images, notes, captions) for s, src in splits.items()}
+            {
+                s: triplet_dataset(category, s, src.triplets, images, notes, captions, extra_features)
+                for s, src in splits.items()
+            }
         )
         configs[gallery_config(category)] = DatasetDict(
             {s: gallery_dataset(category, s, src.gallery, images, notes) for s, src in splits.items()}
@@ -354,14 +399,14 @@ def _image_keys(sources: Mapping[str, Mapping[str, SplitSource]]) -> list[str]:
     )
 
 
-def _check_common(on_missing: str, num_proc: int) -> None:
+def check_common(on_missing: str, num_proc: int) -> None:
     if on_missing not in ON_MISSING_CHOICES:
         raise DataError(f"unknown on_missing {on_missing!r}; expected one of: {', '.join(ON_MISSING_CHOICES)}")
     if num_proc < 1:
         raise DataError(f"num_proc must be at least 1, got {num_proc}")
 
 
-def _command_line(source: str, options: Mapping[str, object]) -> str:
+def command_line(source: str, options: Mapping[str, object]) -> str:
     parts = ["python -m facap_dataset build", source]
     for name, value in options.items():
         if value is None or value is False:
@@ -375,7 +420,7 @@ def _command_line(source: str, options: Mapping[str, object]) -> str:
     return " ".join(parts)
 
 
-def _skipped_section(notes: BuildNotes) -> dict[str, str]:
+def skipped_images_section(notes: BuildNotes) -> dict[str, str]:
     if not notes.skipped_images:
         return {}
     listed = notes.skipped_images[:_CARD_LISTED]
@@ -384,7 +429,7 @@ def _skipped_section(notes: BuildNotes) -> dict[str, str]:
     return {"Skipped images": f"Images dropped with `--on-missing skip`, with every row that needed them:\n\n{body}"}
 
 
-def _finish(
+def finish(
     sources: Mapping[str, Mapping[str, SplitSource]],
     images_dir: Path,
     suffix: str,
@@ -397,12 +442,21 @@ def _finish(
     overwrite: bool,
     progress: bool,
     image_captions: Mapping[str, Mapping[str, str]] | None = None,
+    extra_features: Features | None = None,
+    image_paths: Mapping[str, str] | None = None,
 ) -> dict[str, DatasetDict]:
-    """The steps every builder shares once its sources are read: images, policy, assembly, writing."""
-    prepared = prepare_images(_image_keys(sources), images_dir, suffix, num_proc=num_proc, progress=progress)
+    """The steps every builder shares once its sources are read: images, policy, assembly, writing.
+    `image_paths` maps an image key to its path under `images_dir` when it is not `<key><suffix>`."""
+    if out_dir is not None:  # before the long part: an output folder it may not write fails now
+        check_destination(out_dir, card(notes).pretty_name, overwrite)
+    prepared = prepare_images(
+        _image_keys(sources), images_dir, suffix, num_proc=num_proc, progress=progress, paths=image_paths
+    )
     apply_missing_policy(prepared, on_missing, notes)
-    configs = assemble(sources, prepared.data, notes, image_captions)
+    configs = assemble(sources, prepared.data, notes, image_captions, extra_features)
     del prepared  # the Arrow tables hold copies of the bytes now: lower the peak memory while writing
+    for reason, count in notes.skipped.items():
+        print(f"note: {reason}: {count}", file=sys.stderr)
     if out_dir is not None:
         write_dataset(out_dir, configs, card=card(notes), overwrite=overwrite)
     return configs
@@ -411,7 +465,7 @@ def _finish(
 def _fashioniq_categories(captions_dir: Path, categories: Sequence[str] | None) -> list[str]:
     """The requested categories, or by default those with at least one caption file in `captions_dir`."""
     if categories is not None:
-        return _check_choice("category", categories, FASHIONIQ_CATEGORIES)
+        return check_choice("category", categories, FASHIONIQ_CATEGORIES)
     found = [
         c
         for c in FASHIONIQ_CATEGORIES
@@ -441,7 +495,7 @@ def build_fashioniq(
     Configs `dress`, `shirt`, `toptee` (test targets are null) and their `-gallery` configs; by default
     every category and split that has a caption file. Writes `out_dir` (unless None) and returns the configs.
     """
-    _check_common(on_missing, num_proc)
+    check_common(on_missing, num_proc)
     raw_dir = Path(raw_dir)
     images = Path(images_dir) if images_dir is not None else raw_dir / "images"
     categories = _fashioniq_categories(raw_dir / "captions", categories)
@@ -468,13 +522,15 @@ def build_fashioniq(
             ),
             source=FASHIONIQ_SOURCE,
             license="other",
-            build_command=_command_line("fashioniq", options),
+            **FASHIONIQ_LICENSE,
+            citations=(citations.FASHIONIQ,),
+            build_command=command_line("fashioniq", options),
             options=options,
             skipped=dict(notes.skipped),
-            extra_sections=_skipped_section(notes),
+            extra_sections=skipped_images_section(notes),
         )
 
-    return _finish(
+    return finish(
         sources,
         images,
         ".jpg",
@@ -504,7 +560,7 @@ def build_enhfashioniq(
     """Build enhFashionIQ: Fashion IQ's pairs, galleries and images with the modification texts of
     `enhanced_captions/cap.{cat}.{split}.json`. By default every split that folder has a file for;
     Fashion IQ pairs without an enhanced text are dropped and reported (card and stderr)."""
-    _check_common(on_missing, num_proc)
+    check_common(on_missing, num_proc)
     raw_dir, enhanced_dir = Path(raw_dir), Path(enhanced_captions)
     images = Path(images_dir) if images_dir is not None else raw_dir / "images"
     categories = _fashioniq_categories(enhanced_dir, categories)
@@ -518,8 +574,6 @@ def build_enhfashioniq(
             )
     notes = BuildNotes()
     sources = enhance_sources(fashioniq_sources(raw_dir, categories, splits), enhanced_dir, notes)
-    for reason, count in notes.skipped.items():
-        print(f"warning: {reason}: {count}", file=sys.stderr)
     options = {
         "raw_dir": os.fspath(raw_dir),
         "enhanced_captions": os.fspath(enhanced_dir),
@@ -544,13 +598,15 @@ def build_enhfashioniq(
             source=FASHIONIQ_SOURCE + "\n\nThe enhanced modification texts were generated by the FACap "
             "annotation pipeline; their terms are those of whoever generated them.",
             license="other",
-            build_command=_command_line("enhfashioniq", options),
+            **FASHIONIQ_LICENSE,
+            citations=(citations.FACAP, citations.FASHIONIQ),
+            build_command=command_line("enhfashioniq", options),
             options=options,
             skipped=dict(notes.skipped),
-            extra_sections=_skipped_section(notes),
+            extra_sections=skipped_images_section(notes),
         )
 
-    return _finish(
+    return finish(
         sources,
         images,
         ".jpg",
@@ -579,12 +635,12 @@ def build_facap(
     """Build FACap from `raw_dir/cir_triplets` (+ `raw_dir/image_captions` when present) with images under
     `images_dir`. Categories are discovered from the files; a deterministic validation split takes
     `val_fraction` of the reference images (see `split_by_reference`)."""
-    _check_common(on_missing, num_proc)
+    check_common(on_missing, num_proc)
     if not 0 <= val_fraction < 1:
         raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     raw_dir = Path(raw_dir)
     discovered = readers.discover_facap_categories(raw_dir)
-    categories = _check_choice("category", categories, discovered) if categories is not None else discovered
+    categories = check_choice("category", categories, discovered) if categories is not None else discovered
     notes = BuildNotes()
     sources = facap_sources(raw_dir, categories, val_fraction, notes)
     image_captions = facap_image_captions(raw_dir, categories)
@@ -613,7 +669,9 @@ def build_facap(
             ),
             source=FACAP_SOURCE,
             license="other",
-            build_command=_command_line("facap", options),
+            **FACAP_LICENSE,
+            citations=(citations.FACAP, citations.FASHION200K),
+            build_command=command_line("facap", options),
             options=options,
             skipped=dict(notes.skipped),
             extra_sections={
@@ -625,11 +683,11 @@ def build_facap(
                     "targets. No image is in both galleries: train triplets that use a validation image are "
                     "dropped (counted under Skipped items)."
                 ),
-                **_skipped_section(notes),
+                **skipped_images_section(notes),
             },
         )
 
-    return _finish(
+    return finish(
         sources,
         Path(images_dir),
         "",
@@ -647,16 +705,13 @@ def build_facap(
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def _csv(text: str) -> list[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
-def _common_arguments(parser: argparse.ArgumentParser, *, splits: bool) -> None:
+def common_arguments(parser: argparse.ArgumentParser, *, splits: bool, categories: bool = True) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output dataset folder")
-    parser.add_argument("--categories", type=_csv, help="comma-separated categories (default: all)")
+    if categories:
+        parser.add_argument("--categories", type=comma_list, help="comma-separated categories (default: all)")
     if splits:
         parser.add_argument(
-            "--splits", type=_csv, help="comma-separated splits among train,validation,test (default: those present)"
+            "--splits", type=comma_list, help="comma-separated splits among train,validation,test (default: those present)"
         )
     parser.add_argument(
         "--on-missing",
@@ -665,7 +720,11 @@ def _common_arguments(parser: argparse.ArgumentParser, *, splits: bool) -> None:
         help="missing/unreadable image: fail (default) or drop what needs it and count it in the card",
     )
     parser.add_argument("--num-proc", type=int, default=1, help="processes that verify and encode images")
-    parser.add_argument("--overwrite", action="store_true", help="replace an output folder holding a different dataset")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an output folder holding a different dataset (files a build did not write are never deleted)",
+    )
 
 
 def add_parser(subparsers) -> None:
@@ -675,7 +734,7 @@ def add_parser(subparsers) -> None:
     )
     fiq.add_argument("--raw-dir", required=True, type=Path, help="folder with captions/, image_splits/ (and images/)")
     fiq.add_argument("--images-dir", type=Path, help="folder of <ASIN>.jpg images (default: RAW_DIR/images)")
-    _common_arguments(fiq, splits=True)
+    common_arguments(fiq, splits=True)
     fiq.set_defaults(func=_run_fashioniq)
 
     facap = subparsers.add_parser("facap", help="build FACap from its raw release", description=build_facap.__doc__)
@@ -687,7 +746,7 @@ def add_parser(subparsers) -> None:
         default=DEFAULT_VAL_FRACTION,
         help="fraction of reference images whose triplets form the validation split (default 0.02)",
     )
-    _common_arguments(facap, splits=False)
+    common_arguments(facap, splits=False)
     facap.set_defaults(func=_run_facap)
 
     enh = subparsers.add_parser(
@@ -698,18 +757,18 @@ def add_parser(subparsers) -> None:
     enh.add_argument("--raw-dir", required=True, type=Path, help="the Fashion IQ release folder")
     enh.add_argument("--enhanced-captions", required=True, type=Path, help="folder of cap.{cat}.{split}.json")
     enh.add_argument("--images-dir", type=Path, help="folder of <ASIN>.jpg images (default: RAW_DIR/images)")
-    _common_arguments(enh, splits=True)
+    common_arguments(enh, splits=True)
     enh.set_defaults(func=_run_enhfashioniq)
 
 
-def _report(configs: Mapping[str, DatasetDict], out: Path) -> int:
+def report(configs: Mapping[str, DatasetDict], out: Path) -> int:
     for name, splits in configs.items():
         print(f"{name}: " + ", ".join(f"{split} {len(ds)}" for split, ds in splits.items()), file=sys.stderr)
     print(out)
     return 0
 
 
-def _common_options(args: argparse.Namespace) -> dict:
+def common_options(args: argparse.Namespace) -> dict:
     return {"on_missing": args.on_missing, "num_proc": args.num_proc, "overwrite": args.overwrite, "progress": True}
 
 
@@ -720,9 +779,9 @@ def _run_fashioniq(args: argparse.Namespace) -> int:
         images_dir=args.images_dir,
         categories=args.categories,
         splits=args.splits,
-        **_common_options(args),
+        **common_options(args),
     )
-    return _report(configs, args.out)
+    return report(configs, args.out)
 
 
 def _run_facap(args: argparse.Namespace) -> int:
@@ -732,9 +791,9 @@ def _run_facap(args: argparse.Namespace) -> int:
         args.out,
         categories=args.categories,
         val_fraction=args.val_fraction,
-        **_common_options(args),
+        **common_options(args),
     )
-    return _report(configs, args.out)
+    return report(configs, args.out)
 
 
 def _run_enhfashioniq(args: argparse.Namespace) -> int:
@@ -745,6 +804,6 @@ def _run_enhfashioniq(args: argparse.Namespace) -> int:
         images_dir=args.images_dir,
         categories=args.categories,
         splits=args.splits,
-        **_common_options(args),
+        **common_options(args),
     )
-    return _report(configs, args.out)
+    return report(configs, args.out)

@@ -7,10 +7,10 @@ import argparse
 import importlib
 import sys
 
-from .errors import DataError
+from facap_io.errors import FacapError
 
 # Modules that register their sub-commands: data sources under `build`, then the top-level commands.
-_BUILDERS = ("synthetic", "builders")
+_BUILDERS = ("synthetic", "builders", "cirr")
 _COMMANDS = ("inspect", "hub", "annotate.cli")
 
 
@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except DataError as error:
+    except FacapError as error:  # DataError, PushError, unwritable outputs: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -9,21 +9,25 @@ The YAML is generated with `datasets`' own `MetadataConfigs` and `DatasetInfosDi
 `huggingface_hub.DatasetCard`, never typed by hand, so that `load_dataset(out_dir, "dress")` works
 offline and the same folder uploads to the Hub unchanged.
 
-Safety of `out_dir`:
-- the folder is built in a temporary sibling and renamed into place, so a failed build leaves nothing
-  half-written and a previous build intact;
-- an existing `out_dir` is replaced without asking only when it is empty or holds the *same* dataset,
-  recognised by its card: a README.md whose YAML has `configs:` and the same `pretty_name`;
-- any other content (a different dataset, a folder that is not a dataset) is refused unless
-  `overwrite=True`, and even then a non-empty folder that is not a dataset folder (no card with
-  `configs:`) is never deleted.
+Safety of `out_dir` (a build never deletes a file it did not write):
+- next to the card, `build-manifest.json` lists every file the build wrote (the card, the shards and
+  itself); a later build into the same folder may replace exactly those files and nothing else;
+- the folder is built in a hidden temporary sibling and swapped in whole (`facap_io.atomic`), so a
+  failed or killed build leaves the previous build intact; the hidden folder a killed build left is
+  removed (and reported on stderr) by the next build into the same place;
+- an existing `out_dir` is replaced without asking only when it is empty or holds the *same* dataset
+  (same `pretty_name`) and nothing but what the build wrote; a different dataset needs `overwrite=True`;
+- a folder holding any other file (a user's NOTES.md, an analysis/ folder, a folder that is not a dataset
+  at all) is refused, naming those files, with or without `overwrite`: move them out, or choose another
+  folder. A folder built before manifests existed counts as holding its card and the shards the card lists.
+- a write that fails (a full disk, a permission) is one `DataError` naming the folder; nothing changed.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
-import tempfile
+import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -39,12 +43,25 @@ from datasets.utils.metadata import MetadataConfigs
 from datasets.utils.py_utils import convert_file_size_to_int
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from facap_io.atomic import check_writable, remove_stale_temporaries, staged_folder
+from facap_io.errors import FacapError
+
 from .errors import DataError, SchemaError
 from .schema import GALLERY_FEATURES, TRIPLET_FEATURES, is_gallery_config
 
 CARD_FILENAME = "README.md"
+MANIFEST_FILENAME = "build-manifest.json"
+MANIFEST_WRITER = "facap_dataset"
+_NAMED = 5  # how many foreign files an error names before giving the count
 DEFAULT_MAX_SHARD_SIZE = "500MB"  # the size `push_to_hub` uses
 DEFAULT_TAGS = ("fashion", "composed-image-retrieval")
+# Hub task ids: composed retrieval takes an image and a text and returns images
+DEFAULT_TASK_CATEGORIES = ("image-to-image", "text-to-image")
+DEFAULT_LANGUAGE = ("en",)
+# the Hub's size buckets (datasets' `size_categories.json`), by upper bound of the number of examples
+_SIZE_CATEGORIES = tuple(zip((10**e for e in range(3, 13)), (
+    "n<1K", "1K<n<10K", "10K<n<100K", "100K<n<1M", "1M<n<10M", "10M<n<100M", "100M<n<1B", "1B<n<10B",
+    "10B<n<100B", "100B<n<1T")))
 
 
 @dataclass(frozen=True)
@@ -63,6 +80,10 @@ class DatasetCardInfo:
             is dropped silently.
         extra_sections: section title -> Markdown body, appended after the generated sections.
         tags: Hub tags.
+        citations: one BibTeX entry per source the data comes from (`facap_dataset.citations`).
+        license_name, license_link: required when `license` is "other": a short name of the terms and
+            where to read them (the Hub shows both).
+        task_categories, language: Hub metadata.
     """
 
     pretty_name: str
@@ -74,6 +95,23 @@ class DatasetCardInfo:
     skipped: Mapping[str, int] = field(default_factory=dict)
     extra_sections: Mapping[str, str] = field(default_factory=dict)
     tags: tuple[str, ...] = DEFAULT_TAGS
+    citations: tuple[str, ...] = ()
+    license_name: str | None = None
+    license_link: str | None = None
+    task_categories: tuple[str, ...] = DEFAULT_TASK_CATEGORIES
+    language: tuple[str, ...] = DEFAULT_LANGUAGE
+
+    def __post_init__(self):
+        if self.license == "other" and not (self.license_name and self.license_link):
+            raise ValueError(f"dataset card {self.pretty_name!r}: licence 'other' needs license_name and license_link")
+
+
+def size_category(num_examples: int) -> str:
+    """The Hub's size bucket for `num_examples` rows, e.g. 4181 -> "1K<n<10K"."""
+    for bound, name in _SIZE_CATEGORIES:
+        if num_examples < bound:
+            return name
+    return "n>1T"
 
 
 def write_dataset(
@@ -101,16 +139,16 @@ def write_dataset(
     _check_configs(configs)
     check_destination(out_dir, card.pretty_name, overwrite)
     max_shard_bytes = convert_file_size_to_int(max_shard_size)
-
-    tmp_dir = _make_temp_sibling(out_dir, "tmp")
     try:
-        with _quiet_parquet_progress():
-            infos = {name: _write_config(tmp_dir, name, splits, max_shard_bytes) for name, splits in configs.items()}
-        _card(infos, card).save(tmp_dir / CARD_FILENAME)
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        with staged_folder(out_dir) as staging, _quiet_parquet_progress():
+            infos = {name: _write_config(staging, name, splits, max_shard_bytes) for name, splits in configs.items()}
+            _card(infos, card).save(staging / CARD_FILENAME)
+            _write_manifest(staging, card.pretty_name)
+    except OSError as error:  # a full disk, a permission: the previous content is still in place
+        culprit = f" ({error.filename})" if error.filename else ""
+        raise DataError(
+            f"writing the dataset to {out_dir} failed: {error.strerror or error}{culprit}; the folder is unchanged"
+        ) from None
     return out_dir
 
 
@@ -167,21 +205,33 @@ def _check_schema(config_name: str, split: str, features: Features) -> None:
 def check_destination(out_dir: str | os.PathLike, pretty_name: str, overwrite: bool) -> None:
     """Raise DataError unless `write_dataset` may write a dataset called `pretty_name` to `out_dir`.
 
-    `write_dataset` checks this itself; builders call it first too, to fail before a long build.
+    `write_dataset` checks this itself; builders call it first too, to fail before a long build. Hidden
+    temporaries of an earlier, killed build into `out_dir` are removed here and reported on stderr.
     """
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"output path {out_dir} exists and is not a folder")
-    if not out_dir.exists() or not any(out_dir.iterdir()):
+    try:
+        check_writable(out_dir.parent, what="output folder", folder=True)
+    except FacapError as error:
+        raise DataError(f"output folder {out_dir} is not writable: {error}") from None
+    for stale in remove_stale_temporaries(out_dir):
+        print(f"removed {stale}, left by an interrupted build into {out_dir}", file=sys.stderr)
+    if not out_dir.exists() or not _all_files(out_dir):
         return
-    existing = read_card_data(out_dir)
-    if existing is None:
-        # never delete a user's folder that is not a dataset folder, even with overwrite
+    owned = owned_files(out_dir)
+    if owned is None:
         raise DataError(
-            f"output folder {out_dir} is not empty and holds no dataset card with configs; "
-            "refusing to replace it (choose an empty or new folder)"
+            f"output folder {out_dir} is not empty and holds no dataset built here "
+            f"({_listing(sorted(_all_files(out_dir)))}); refusing to touch it (choose an empty or new folder)"
         )
-    existing_name = existing.get("pretty_name")
+    foreign = sorted(_all_files(out_dir) - owned)
+    if foreign:
+        raise DataError(
+            f"output folder {out_dir} holds files a build did not write: {_listing(foreign)}; a build never "
+            "deletes them, even with --overwrite: move them out of the folder or choose another one"
+        )
+    existing_name = _built_name(out_dir)
     if existing_name != pretty_name and not overwrite:
         raise DataError(
             f"output folder {out_dir} holds a different dataset ({existing_name!r}, not "
@@ -189,28 +239,73 @@ def check_destination(out_dir: str | os.PathLike, pretty_name: str, overwrite: b
         )
 
 
-def _make_temp_sibling(out_dir: Path, kind: str) -> Path:
-    """A fresh folder next to `out_dir` (same filesystem, so the final rename is atomic)."""
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.{kind}-", dir=out_dir.parent))
-    except OSError as err:
-        raise DataError(f"output folder {out_dir} is not writable: {err.strerror or err}") from err
+def owned_files(directory: Path) -> set[str] | None:
+    """The files (POSIX paths relative to `directory`) a build wrote there: those its manifest lists, or for a
+    folder built before manifests its card and the shards the card lists; None when it is not a built folder."""
+    manifest = _read_manifest(directory)
+    if manifest is not None:
+        return {entry["path"] for entry in manifest["files"]} | {MANIFEST_FILENAME}
+    card = read_card_data(directory)
+    if card is None:
+        return None
+    owned = {CARD_FILENAME}
+    for config in MetadataConfigs.from_dataset_card_data(card).values():
+        entries = config.get("data_files") or []
+        for entry in entries if isinstance(entries, list) else [entries]:
+            patterns = entry.get("path", []) if isinstance(entry, dict) else entry
+            for pattern in [patterns] if isinstance(patterns, str) else patterns:
+                owned |= {p.relative_to(directory).as_posix() for p in directory.glob(pattern) if p.is_file()}
+    return owned
 
 
-def _replace_dir(new_dir: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        os.replace(new_dir, out_dir)
-        return
-    old_dir = _make_temp_sibling(out_dir, "old")
-    os.replace(out_dir, old_dir / "content")  # move aside first: the old build survives a failure
+def _read_manifest(directory: Path) -> dict | None:
+    path = directory / MANIFEST_FILENAME
     try:
-        os.replace(new_dir, out_dir)
-    except OSError:
-        os.replace(old_dir / "content", out_dir)
-        old_dir.rmdir()
-        raise
-    shutil.rmtree(old_dir, ignore_errors=True)
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # absent or unreadable: not a manifest of ours
+        return None
+    valid = (
+        isinstance(manifest, dict)
+        and manifest.get("written_by") == MANIFEST_WRITER
+        and isinstance(manifest.get("files"), list)
+        and all(isinstance(entry, dict) and isinstance(entry.get("path"), str) for entry in manifest["files"])
+    )
+    return manifest if valid else None
+
+
+def _write_manifest(root: Path, pretty_name: str) -> None:
+    """`build-manifest.json`: every file this build wrote, with its size (the manifest itself aside)."""
+    files = sorted(_all_files(root))
+    manifest = {
+        "written_by": MANIFEST_WRITER,
+        "pretty_name": pretty_name,
+        "files": [{"path": name, "bytes": (root / name).stat().st_size} for name in files],
+    }
+    (root / MANIFEST_FILENAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+
+
+def _built_name(directory: Path) -> str | None:
+    manifest = _read_manifest(directory)
+    if manifest is not None:
+        return manifest.get("pretty_name")
+    card = read_card_data(directory)
+    return card.get("pretty_name") if card is not None else None
+
+
+def _all_files(directory: Path) -> set[str]:
+    """Every file under `directory` (symbolic links included, never followed) as POSIX paths relative to it.
+    Empty folders hold nothing to lose and are not listed."""
+    found = set()
+    for folder, subfolders, files in os.walk(directory):
+        base = Path(folder)
+        names = files + [name for name in subfolders if (base / name).is_symlink()]
+        found |= {(base / name).relative_to(directory).as_posix() for name in names}
+    return found
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_NAMED])
+    return shown + (f" and {len(names) - _NAMED} more" if len(names) > _NAMED else "")
 
 
 def _write_config(root: Path, config_name: str, dataset_dict: DatasetDict, max_shard_bytes: int) -> DatasetInfo:
@@ -269,7 +364,16 @@ def _embed_images(shard: Dataset) -> Dataset:
 
 
 def _card(infos: Mapping[str, DatasetInfo], card: DatasetCardInfo) -> DatasetCard:
-    data = DatasetCardData(pretty_name=card.pretty_name, license=card.license, tags=list(card.tags))
+    data = DatasetCardData(
+        pretty_name=card.pretty_name,
+        license=card.license,
+        language=list(card.language),
+        task_categories=list(card.task_categories),
+        size_categories=[size_category(_num_examples(infos))],
+        tags=list(card.tags),
+    )
+    if card.license_name:
+        data["license_name"], data["license_link"] = card.license_name, card.license_link
     if card.skipped:
         data["skipped"] = {reason: int(count) for reason, count in card.skipped.items()}
     default_config = next(iter(infos))
@@ -285,16 +389,29 @@ def _card(infos: Mapping[str, DatasetInfo], card: DatasetCardInfo) -> DatasetCar
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{_card_text(infos, card, default_config)}")
 
 
+def _licence_line(card: DatasetCardInfo) -> str:
+    if card.license_name:
+        return f"Licence identifier: `{card.license}` ({card.license_name}: <{card.license_link}>)."
+    return f"Licence identifier: `{card.license}`."
+
+
+def _num_examples(infos: Mapping[str, DatasetInfo]) -> int:
+    """Rows of the triplet configs (the examples), or of every config when there is no triplet config."""
+    triplets = [info for name, info in infos.items() if not is_gallery_config(name)] or list(infos.values())
+    return sum(split.num_examples for info in triplets for split in info.splits.values())
+
+
 def _card_text(infos: Mapping[str, DatasetInfo], card: DatasetCardInfo, default_config: str) -> str:
     sections = [
         f"# {card.pretty_name}\n\n{card.description.strip()}",
         _loading_section(infos, default_config),
         _splits_section(infos),
         _features_section(infos),
-        f"## Source and licence\n\n{card.source.strip()}\n\nLicence identifier: `{card.license}`.",
+        f"## Source and licence\n\n{card.source.strip()}\n\n{_licence_line(card)}",
         _build_section(card),
         _skipped_section(card.skipped),
         *(f"## {title}\n\n{body.strip()}" for title, body in card.extra_sections.items()),
+        *([_citation_section(card.citations)] if card.citations else []),
     ]
     return "\n\n".join(sections) + "\n"
 
@@ -309,7 +426,11 @@ def _loading_section(infos: Mapping[str, DatasetInfo], default_config: str) -> s
     ]
     if gallery:
         lines.append(f'gallery = load_dataset("path/to/this/folder", "{gallery}")')
-    lines += ["```", "", f"`{default_config}` is the default config."]
+    lines += [
+        "```",
+        "",
+        f"`{default_config}` is the default config. Configs: {', '.join(f'`{name}`' for name in infos)}.",
+    ]
     return "## Loading\n\n" + "\n".join(lines)
 
 
@@ -336,6 +457,11 @@ def _describe(feature: Any) -> str:
     if isinstance(feature, Image):
         return "image (encoded bytes, decoded to PIL by datasets)"
     return str(feature)
+
+
+def _citation_section(citations: tuple[str, ...]) -> str:
+    blocks = "\n\n".join(f"```bibtex\n{entry.strip()}\n```" for entry in citations)
+    return f"## Citation\n\nIf you use this dataset, please cite its sources:\n\n{blocks}"
 
 
 def _build_section(card: DatasetCardInfo) -> str:

@@ -1,9 +1,11 @@
 """`python -m facap_dataset push DIR REPO_ID`: upload a built dataset folder to the Hub unchanged.
 
 The folder already has the layout `push_to_hub` writes (`README.md` + `<config>/<split>-*.parquet`), so
-pushing is one commit of exactly those files. Shards of an earlier push that the new build no longer
-has are deleted in the same commit, so a rebuilt dataset never mixes old and new rows. The token comes
-from the environment (`HF_TOKEN`) or a `huggingface-cli login`, never from the command line.
+pushing is one commit of exactly those files, through the project's one upload path (`facap_io.hub.upload`:
+repo id, token and file checks first; symbolic links and paths leaving the folder are refused). Shards of
+an earlier push that the new build no longer has are deleted in the same commit, so a rebuilt dataset never
+mixes old and new rows. The token comes from the environment (`HF_TOKEN`) or a `hf auth login`, never from
+the command line.
 """
 
 from __future__ import annotations
@@ -13,9 +15,7 @@ import os
 import sys
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
-from huggingface_hub.errors import HFValidationError
-from huggingface_hub.utils import validate_repo_id
+from facap_io.hub import check_files, check_repo_id, upload
 
 from .errors import DataError
 from .export import CARD_FILENAME, read_card_data
@@ -26,6 +26,7 @@ def upload_plan(dataset_dir: str | os.PathLike) -> list[str]:
 
     Raises:
         DataError: `dataset_dir` is not a built dataset folder, or a config of its card has no shard.
+        PushError: one of those files is a symbolic link or leaves `dataset_dir`.
     """
     root = Path(dataset_dir)
     card = read_card_data(root)
@@ -34,12 +35,19 @@ def upload_plan(dataset_dir: str | os.PathLike) -> list[str]:
     files = [CARD_FILENAME]
     for config in card["configs"]:
         for entry in config["data_files"]:
-            shards = sorted(p.relative_to(root).as_posix() for p in root.glob(entry["path"]) if p.is_file())
+            shards = sorted(
+                p.relative_to(root).as_posix() for p in root.glob(entry["path"]) if p.is_file() or p.is_symlink()
+            )
             if not shards:
                 name, split = config["config_name"], entry["split"]
                 raise DataError(f"{root}: config {name!r} split {split!r} has no file matching {entry['path']!r}")
             files += shards
-    return files
+    return check_files(root, files)
+
+
+def _stale_shards(existing: list[str]) -> list[str]:
+    """Repo files an upload deletes: every Parquet file (the upload re-adds those the build still has)."""
+    return [name for name in existing if name.endswith(".parquet")]
 
 
 def push(
@@ -49,7 +57,7 @@ def push(
     private: bool | None = None,
     commit_message: str | None = None,
     dry_run: bool = False,
-    api: HfApi | None = None,
+    api=None,
 ) -> list[str]:
     """Upload a built dataset folder as the dataset repo `repo_id` (created if needed); returns the files.
 
@@ -57,24 +65,20 @@ def push(
     earlier build), so readers never see old and new rows mixed. `dry_run=True` checks the folder and
     the repo id and returns what would be uploaded, touching nothing.
     """
-    try:
-        validate_repo_id(repo_id)
-    except HFValidationError as err:
-        raise DataError(f"invalid Hub repo id {repo_id!r}: {err}") from None
+    check_repo_id(repo_id)
     root = Path(dataset_dir)
     files = upload_plan(root)
     if dry_run:
         return files
-    api = api or HfApi()
-    api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
-    stale = [f for f in api.list_repo_files(repo_id, repo_type="dataset") if f.endswith(".parquet") and f not in files]
-    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=os.fspath(root / f)) for f in files]
-    operations += [CommitOperationDelete(path_in_repo=f) for f in stale]
-    api.create_commit(
+    upload(
+        root,
+        files,
         repo_id,
-        operations,
         repo_type="dataset",
         commit_message=commit_message or f"Upload {read_card_data(root).get('pretty_name') or 'dataset'}",
+        private=private,
+        stale=_stale_shards,
+        api=api,
     )
     return files
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from facap_io.errors import UnsafePathError as FacapUnsafePathError
+from facap_io.paths import inside
+
 from .errors import DataError, UnsafePathError
 
 # Pillow warns above MAX_IMAGE_PIXELS and raises only above twice that; a catalogue image beyond the
@@ -21,16 +24,18 @@ _WHITE = (255, 255, 255)
 def safe_image_path(root: str | os.PathLike, relative: str | os.PathLike) -> Path:
     """Join an annotation-file path onto its image root, refusing anything that resolves outside the root.
 
-    Absolute paths, `..` segments that climb out, and symbolic links pointing elsewhere are all refused.
+    Absolute paths, `..` segments that climb out, symbolic links pointing elsewhere and paths holding a NUL
+    byte (which no file system accepts) are all refused.
     """
     relative = os.fspath(relative)
+    if "\x00" in relative:
+        raise UnsafePathError(f"image path {relative!r} holds a NUL byte")
     if not relative or os.path.isabs(relative) or relative.startswith(("/", "\\")):
         raise UnsafePathError(f"image path {relative!r} must be relative to the image root {os.fspath(root)!r}")
-    root_resolved = Path(root).resolve()
-    candidate = (root_resolved / relative).resolve()
-    if candidate != root_resolved and root_resolved not in candidate.parents:
-        raise UnsafePathError(f"image path {relative!r} escapes the image root {os.fspath(root)!r}")
-    return candidate
+    try:
+        return inside(root, relative, what="image path")
+    except FacapUnsafePathError:
+        raise UnsafePathError(f"image path {relative!r} escapes the image root {os.fspath(root)!r}") from None
 
 
 def load_rgb(source: str | os.PathLike | bytes, *, name: str | None = None) -> Image.Image:

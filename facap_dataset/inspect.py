@@ -4,6 +4,8 @@ Prints the configs and split sizes, caption statistics and, when the triplets ca
 synthetic set), the attribute oracles' Recall@1/@10 per category (see `synthetic_oracle`); writes a PNG
 contact sheet of a few triplets (reference | text | target). Reads the Parquet shards listed in the card
 directly (only the columns it needs), so it neither fills the datasets cache nor decodes every image.
+A shard that is not readable Parquet, or a contact sheet path that cannot be written (checked before any
+reading), is one DataError naming it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from datasets.utils.metadata import MetadataConfigs
 from PIL import Image, ImageDraw, ImageFont
+
+from facap_io.atomic import check_writable, write_file
+from facap_io.errors import FacapError
 
 from .errors import DataError
 from .export import read_card_data
@@ -51,34 +56,57 @@ def data_files(directory: Path) -> dict[str, dict[str, list[Path]]]:
     return files
 
 
+def parquet_file(path: Path) -> pq.ParquetFile:
+    """Open one shard; a file that is not readable Parquet (truncated, corrupt) is a DataError naming it."""
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as error:
+        raise DataError(f"{path} is not a readable Parquet shard: {_first_line(error)}") from None
+
+
 def read_columns(paths: Sequence[Path], columns: Sequence[str]) -> pa.Table:
-    return pa.concat_tables([pq.read_table(p, columns=list(columns)) for p in paths])
+    tables = []
+    for path in paths:
+        try:
+            tables.append(parquet_file(path).read(columns=list(columns)))
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{path} is not a readable Parquet shard: {_first_line(error)}") from None
+    return pa.concat_tables(tables)
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def inspect_dataset(directory: str | Path, *, contact_sheet: str | Path | None = None, num_triplets: int = 6) -> dict:
     """Statistics of a dataset folder (and the contact sheet written, unless `num_triplets` is 0)."""
     directory = Path(directory)
     files = data_files(directory)
+    sheet_path = Path(contact_sheet) if contact_sheet else directory.parent / f"{directory.name}-contact-sheet.png"
+    if num_triplets > 0:  # before reading anything: an unwritable place fails now, not after the statistics
+        try:
+            check_writable(sheet_path, what="contact sheet")
+        except FacapError as error:
+            raise DataError(str(error)) from None
     stats: dict = {"directory": str(directory), "configs": {}, "captions": {}, "oracles": {}}
     for config, splits in files.items():
         stats["configs"][config] = {split: _num_rows(paths) for split, paths in splits.items()}
         if is_gallery_config(config):
             continue
         for split, paths in splits.items():
-            names = pq.ParquetFile(paths[0]).schema_arrow.names
+            names = parquet_file(paths[0]).schema_arrow.names
             stats["captions"][f"{config}/{split}"] = caption_statistics(read_columns(paths, ["captions"]))
             gallery = files.get(gallery_config(config), {}).get(split)
             if gallery and "reference_attributes" in names:
                 stats["oracles"][f"{config}/{split}"] = _oracles(paths, gallery)
     if num_triplets > 0:
-        sheet_path = Path(contact_sheet) if contact_sheet else directory.parent / f"{directory.name}-contact-sheet.png"
         write_contact_sheet(files, sheet_path, num_triplets)
         stats["contact_sheet"] = str(sheet_path)
     return stats
 
 
 def _num_rows(paths: Sequence[Path]) -> int:
-    return sum(pq.ParquetFile(p).metadata.num_rows for p in paths)
+    return sum(parquet_file(p).metadata.num_rows for p in paths)
 
 
 def caption_statistics(table: pa.Table) -> dict:
@@ -126,10 +154,10 @@ def write_contact_sheet(files: dict[str, dict[str, list[Path]]], path: Path, num
         lines += [line for caption in row["captions"] for line in textwrap.wrap(f"“{caption}”", 40) or ["“”"]]
         draw.multiline_text((cell + 10, top + 10), "\n".join(lines), fill="black", font=font, spacing=6)
         draw.line((0, top + cell - 1, sheet.width, top + cell - 1), fill=(200, 200, 200))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    sheet.save(tmp, format="PNG")
-    tmp.replace(path)
+    try:
+        write_file(path, lambda temporary: sheet.save(temporary, format="PNG"))
+    except OSError as error:
+        raise DataError(f"contact sheet {path} cannot be written: {error.strerror or error}") from None
     return path
 
 
@@ -141,8 +169,11 @@ def _sample_triplets(files, num_triplets: int) -> list[dict]:
         if is_gallery_config(config):
             continue
         split = "validation" if "validation" in splits else next(iter(splits))
-        first = pq.ParquetFile(splits[split][0])
-        table = next(first.iter_batches(batch_size=num_triplets, columns=columns), None)
+        first = parquet_file(splits[split][0])
+        try:
+            table = next(first.iter_batches(batch_size=num_triplets, columns=columns), None)
+        except (pa.ArrowException, OSError) as error:
+            raise DataError(f"{splits[split][0]} is not a readable Parquet shard: {_first_line(error)}") from None
         if table is not None:
             per_config.append([{**r, "split": split} for r in table.to_pylist()])
     interleaved = [row for group in zip_longest(*per_config) for row in group if row is not None]

@@ -20,7 +20,7 @@ import json
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,11 +41,15 @@ _FACAP_CAPTIONS_SUFFIX = "_train_captions.json"
 
 @dataclass(frozen=True)
 class RawTriplet:
-    """One annotation entry: image keys as released (an ASIN or a path relative to the image root)."""
+    """One annotation entry: image keys as released (an ASIN, a path relative to the image root, a name).
+
+    `extra` holds dataset-specific columns as (name, value) pairs, e.g. CIRR's pair id and image set.
+    """
 
     reference: str
     target: str | None
     captions: tuple[str, ...]
+    extra: tuple[tuple[str, Any], ...] = ()
 
 
 def fashioniq_caption_file(folder: Path, category: str, split: str) -> Path:
@@ -239,14 +243,21 @@ def _prepare_one(item: tuple[str, str, str]) -> tuple[str, str, bytes | str]:
 
 
 def prepare_images(
-    keys: Iterable[str], images_dir: Path, suffix: str, *, num_proc: int = 1, progress: bool = False
+    keys: Iterable[str],
+    images_dir: Path,
+    suffix: str,
+    *,
+    num_proc: int = 1,
+    progress: bool = False,
+    paths: Mapping[str, str] | None = None,
 ) -> PreparedImages:
-    """Verify and encode every image `images_dir/<key><suffix>` once, in `num_proc` processes.
+    """Verify and encode every image `images_dir/<key><suffix>` (or `images_dir/<paths[key]>`) once, in
+    `num_proc` processes.
 
     Raises:
         UnsafePathError: a key leaves `images_dir` (never skippable).
     """
-    items = [(key, os.fspath(images_dir), key + suffix) for key in keys]
+    items = [(key, os.fspath(images_dir), paths[key] if paths is not None else key + suffix) for key in keys]
     prepared = PreparedImages({}, {}, {})
     pool = multiprocessing.get_context().Pool(num_proc) if num_proc > 1 and len(items) > 1 else None
     try:

@@ -221,3 +221,100 @@ def describe(attributes: Mapping[str, str], category: str) -> str:
     parts = [_COLOUR_WORDS[attributes["colour"]][0], attributes["pattern"], f"{attributes['sleeve']} sleeve",
              f"{attributes['length']} length", f"{attributes['neckline']} neck"]
     return f"{category}: " + ", ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------ colloquial
+
+COLLOQUIAL = "colloquial"
+PARTIAL_SHARE = 0.4  # of triplets with two or more changes: one change goes unmentioned
+REDUNDANT_SHARE = 0.3  # the second caption repeats a change the first one names, in other words
+VAGUE_SHARE = 0.2  # a caption gains a remark that names no attribute
+_REDRAWS = 4
+_ORDER = {"sleeve": ("sleeveless", "short", "long"), "length": ("short", "medium", "long")}
+_CASUAL_COLOUR = ("{c}", "{c} please", "more {c}", "make it {c}", "in {c}", "needs to be {c}", "{c} colored",
+                  "is {c}", "{c} one")
+_CASUAL: dict[str, dict[str, tuple[str, ...]]] = {
+    "pattern": {
+        "solid": ("plain", "no print", "solid color", "no pattern"),
+        "striped": ("stripes", "has stripes", "stripey", "striped"),
+        "dotted": ("polka dots", "dots", "dotty", "with dots"),
+        "checked": ("plaid", "checkered", "checks", "is plaid"),
+        "floral": ("flowers", "floral", "flowery print", "has flowers"),
+    },
+    "sleeve": {
+        "sleeveless": ("no sleeves", "sleeveless", "without sleeves"),
+        "short": ("short sleeves", "short sleeved"),
+        "long": ("long sleeves", "long sleeved", "full sleeves"),
+    },
+    "length": {"short": ("mini", "short"), "medium": ("knee length", "midi"), "long": ("maxi", "floor length", "long")},
+    "neckline": {
+        "round": ("round neck", "crew neck"),
+        "v": ("v neck", "v neckline"),
+        "square": ("square neck", "square neckline"),
+        "high": ("turtleneck", "high neck", "higher neck"),
+    },
+}
+_COMPARATIVES = {"sleeve": ("shorter sleeves", "longer sleeves"), "length": ("shorter", "longer")}
+_VAGUE = ("looks nicer", "more fashionable", "less boring", "more casual", "prettier", "similar style",
+          "more modern", "cuter")
+
+
+def colloquial_plan(changes: Sequence[str], rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """Which changed attributes each of the two captions names: often only part of the change (one change
+    unmentioned), sometimes the same change twice (the second annotator repeats the first)."""
+    named = list(changes)
+    if len(named) >= 2 and rng.random() < PARTIAL_SHARE:
+        named.pop()
+    if len(named) == 1:
+        first, second = list(named), list(named)
+    else:
+        cut = int(rng.integers(1, len(named)))
+        first, second = named[:cut], named[cut:]
+        if rng.random() < REDUNDANT_SHARE:
+            second = second + [first[int(rng.integers(len(first)))]]
+    return first, second
+
+
+def _casual_phrase(attribute: str, reference: Attributes, target: Attributes, rng: np.random.Generator) -> str:
+    if attribute == "colour":
+        word = _pick(_COLOUR_WORDS[target["colour"]], rng)
+        return _pick(_CASUAL_COLOUR, rng).format(c=word)
+    if attribute in _COMPARATIVES and rng.random() < 0.5:  # "longer": relative to the reference, as people write
+        order = _ORDER[attribute]
+        longer = order.index(target[attribute]) > order.index(reference[attribute])
+        return _COMPARATIVES[attribute][int(longer)]
+    return _pick(_CASUAL[attribute][target[attribute]], rng)
+
+
+def write_colloquial(reference: Attributes, target: Attributes, rng: np.random.Generator) -> list[str]:
+    """Two short relative captions the way Fashion IQ's annotators write them (see `colloquial_plan`):
+    fragments ("more red", "stripey", "longer"), comparatives, and now and then a remark that says nothing."""
+    changes = list(changed_attributes(reference, target))
+    if not changes:
+        raise ValueError("reference and target have the same attributes: nothing to describe")
+    rng.shuffle(changes)
+    captions: list[str] = []
+    for attributes in colloquial_plan(changes, rng):
+        for _ in range(_REDRAWS):  # two annotators rarely choose the very same words
+            caption = _casual_caption(attributes, reference, target, rng)
+            if caption not in captions:
+                break
+        captions.append(caption)
+    return captions
+
+
+def _casual_caption(attributes: Sequence[str], reference: Attributes, target: Attributes,
+                    rng: np.random.Generator) -> str:
+    phrases = [_casual_phrase(a, reference, target, rng) for a in attributes]
+    if rng.random() < VAGUE_SHARE:
+        phrases.insert(int(rng.integers(len(phrases) + 1)), _pick(_VAGUE, rng))
+    return _pick((" and ", ", ", " "), rng).join(phrases)
+
+
+def colloquial_words() -> tuple[str, ...]:
+    """Every token `write_colloquial` can emit, sorted."""
+    texts = [*_CASUAL_COLOUR, *_VAGUE, " and ", ", "]
+    texts += [p for values in _CASUAL.values() for phrases in values.values() for p in phrases]
+    texts += [p for pair in _COMPARATIVES.values() for p in pair]
+    texts += [w for words in _COLOUR_WORDS.values() for w in words]
+    return tuple(sorted({t for text in texts for t in _tokens(text.replace("{c}", ""))}))

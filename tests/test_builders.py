@@ -284,3 +284,73 @@ def test_cli_builds_and_reports_errors_on_one_line(tmp_path, capsys):
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "error: unknown category 'skirt'; expected one of: dress, shirt, toptee"
     )
+
+
+def test_degenerate_triplets_are_dropped_and_counted(tmp_path, capsys):
+    triplets = TRIPLETS + [
+        {"candidate": "A1", "target": "A2", "captions": ["is red", " has no sleeves"]},  # an exact repeat
+        {"candidate": "A1", "target": "A2", "captions": ["is crimson", "sleeveless"]},  # same pair, new text: kept
+        {"candidate": "A4", "target": "A4", "captions": ["same", "same"]},  # target is its reference
+    ]
+    raw = _small_raw(tmp_path / "raw", triplets=triplets)
+    argv = ["build", "fashioniq", "--raw-dir", str(raw), "--out", str(tmp_path / "out")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert "note: dress/validation: triplets whose target is their reference (dropped): 1" in err
+    assert "note: dress/validation: repeated triplets, same reference, target and captions (dropped): 1" in err
+    loaded = load_dataset(str(tmp_path / "out"), "dress", split="validation", cache_dir=str(tmp_path / "cache"))
+    assert [(r["reference_id"], r["target_id"], r["captions"]) for r in loaded.select_columns(
+        ["reference_id", "target_id", "captions"])] == [
+        (t["candidate"], t["target"], t["captions"]) for t in TRIPLETS + [triplets[4]]
+    ]
+    card = _card_yaml(tmp_path / "out")
+    assert card["skipped"] == {
+        "dress/validation: triplets whose target is their reference (dropped)": 1,
+        "dress/validation: repeated triplets, same reference, target and captions (dropped)": 1,
+    }
+
+
+def test_hidden_targets_are_never_deduplicated(tmp_path):
+    twins = [{"candidate": "A1", "captions": ["is red", "x"]}, {"candidate": "A1", "captions": ["is red", "x"]}]
+    raw = _small_raw(tmp_path / "raw", triplets=twins, split="test")
+    configs = build_fashioniq(raw, tmp_path / "out")
+    assert configs["dress"]["test"]["reference_id"] == ["A1", "A1"]
+
+
+@pytest.mark.parametrize("on_missing", ["error", "skip"])
+def test_image_path_with_a_nul_byte_is_one_line(tmp_path, capsys, on_missing):
+    raw = _small_raw(tmp_path / "raw", triplets=[{"candidate": "A1\u0000x", "target": "A2", "captions": ["a", "b"]}])
+    argv = ["build", "fashioniq", "--raw-dir", str(raw), "--out", str(tmp_path / "out"), "--on-missing", on_missing]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "error: image path 'A1\\x00x.jpg' holds a NUL byte"
+    assert not (tmp_path / "out").exists()
+
+
+def test_full_disk_during_a_build_is_one_line(tmp_path, capsys, monkeypatch):
+    import errno
+
+    from datasets import Dataset
+
+    raw = _small_raw(tmp_path / "raw")
+    out = tmp_path / "out"
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Dataset, "to_parquet", full_disk)
+    assert main(["build", "fashioniq", "--raw-dir", str(raw), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: writing the dataset to {out} failed: No space left on device")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no half-written folder, no temporary left
+
+
+def test_card_metadata_validates(tmp_path):
+    from card_checks import validate_dataset_card
+
+    raw = _small_raw(tmp_path / "raw")
+    build_fashioniq(raw, tmp_path / "out")
+    card = validate_dataset_card(tmp_path / "out", num_examples=len(TRIPLETS))
+    assert card.data.license == "other" and card.data.license_link == "https://github.com/XiaoxiaoGuo/fashion-iq"
+    assert card.data.language == ["en"] and card.data.pretty_name == "Fashion IQ"
+    assert "@inproceedings{wu2021fashioniq" in card.text and "garderes2025facap" not in card.text

@@ -72,6 +72,10 @@ def test_texts_replaced_and_absent_pairs_reported(release, tmp_path, capsys):
         "dress/validation: enhanced pairs not in Fashion IQ (ignored)": 1,
     }
     assert "Fashion IQ pairs absent from the enhanced captions (dropped): 1" in capsys.readouterr().err
+    from card_checks import validate_dataset_card
+
+    text = validate_dataset_card(tmp_path / "out", num_examples=4).text
+    assert "@article{garderes2025facap" in text and "@inproceedings{wu2021fashioniq" in text
 
 
 def test_splits_follow_the_enhanced_files(release, tmp_path):

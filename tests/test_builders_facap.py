@@ -175,3 +175,34 @@ def test_cli_facap(tmp_path, capsys):
     assert code == 0 and capsys.readouterr().out.strip() == str(out)
     text = (out / "README.md").read_text()
     assert "--categories skirt --val-fraction 0.1" in text and "Fashion200k" in text
+
+
+def test_build_into_facap_then_the_literal_load_dataset_line(tmp_path, monkeypatch):
+    """README's usage line, as written: `load_dataset("facap", "dress")` from the folder's parent, offline."""
+    import datasets
+    from datasets import load_dataset
+
+    import facap_dataset
+    from card_checks import validate_dataset_card
+
+    raw, images = _facap_raw(tmp_path / "release")
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    argv = ["build", "facap", "--raw-dir", str(raw), "--images-dir", str(images), "--out", "facap"]
+    assert main(argv) == 0
+
+    dress = load_dataset("facap", "dress")
+
+    assert set(dress) == {"train", "validation"} and dress["train"][0]["category"] == "dress"
+    assert dress["train"][0]["reference_image"].size == (8, 8)
+    ours = facap_dataset.load("facap", "dress", split="validation")
+    assert ours["reference_id"] == dress["validation"]["reference_id"]
+    card = validate_dataset_card(work / "facap", num_examples=sum(len(split) for split in dress.values())
+                                 + len(load_dataset("facap", "skirt", split="train"))
+                                 + len(load_dataset("facap", "skirt", split="validation")))
+    assert card.data.license == "other" and card.data.license_name == "facap-release-terms"
+    assert card.data.size_categories == ["n<1K"] and card.data.task_categories == ["image-to-image", "text-to-image"]
+    assert "@article{garderes2025facap" in card.text and "@inproceedings{han2017fashion200k" in card.text
+    assert "Configs: `dress`, `dress-gallery`, `skirt`, `skirt-gallery`." in card.text

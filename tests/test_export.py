@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import io
+import json
 
 import pytest
 from datasets import Dataset, DatasetDict, load_dataset
@@ -10,7 +12,7 @@ from huggingface_hub import DatasetCard
 from PIL import Image
 
 from facap_dataset.errors import DataError, SchemaError
-from facap_dataset.export import DatasetCardInfo, read_card_data, write_dataset
+from facap_dataset.export import MANIFEST_FILENAME, DatasetCardInfo, read_card_data, write_dataset
 from facap_dataset.schema import GALLERY_FEATURES, TRIPLET_FEATURES
 
 
@@ -63,6 +65,7 @@ def test_layout_card_and_offline_loading(tmp_path):
 
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "README.md",
+        "build-manifest.json",
         "dress-gallery/validation-00000-of-00001.parquet",
         "dress/train-00000-of-00001.parquet",
         "dress/validation-00000-of-00001.parquet",
@@ -139,7 +142,7 @@ def test_refuses_non_dataset_folder_even_with_overwrite(tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "thesis.tex").write_text("precious")
-    with pytest.raises(DataError, match="holds no dataset card"):
+    with pytest.raises(DataError, match=r"holds no dataset built here \(thesis.tex\)"):
         write_dataset(out, _configs(), card=_card(), overwrite=True)
     assert (out / "thesis.tex").read_text() == "precious"
 
@@ -162,7 +165,7 @@ def test_failure_leaves_previous_build_intact(tmp_path):
             features=GALLERY_FEATURES,
         )
     )
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(DataError, match=r"writing the dataset to .*ds failed: .*gone\.jpg.*the folder is unchanged"):
         write_dataset(out, broken, card=_card())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
     assert (out / "dress-gallery" / "validation-00000-of-00001.parquet").is_file()
@@ -200,3 +203,66 @@ def test_split_features_must_agree(tmp_path):
     configs["dress"]["validation"] = configs["dress"]["validation"].add_column("note", ["x", "y"])
     with pytest.raises(DataError, match="split 'validation' has features"):
         write_dataset(tmp_path / "ds", configs, card=_card())
+
+
+def _snapshot(root):
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_manifest_lists_every_file_the_build_wrote(tmp_path):
+    out = write_dataset(tmp_path / "ds", _configs(), card=_card())
+    manifest = json.loads((out / MANIFEST_FILENAME).read_text())
+    assert manifest["pretty_name"] == "Test set" and manifest["written_by"] == "facap_dataset"
+    written = {entry["path"]: entry["bytes"] for entry in manifest["files"]}
+    on_disk = {name: len(data) for name, data in _snapshot(out).items() if name != MANIFEST_FILENAME}
+    assert written == on_disk
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_rebuild_never_deletes_files_it_did_not_write(tmp_path, overwrite):
+    out = write_dataset(tmp_path / "ds", _configs(), card=_card())
+    (out / "NOTES.md").write_text("my notes")
+    (out / "analysis").mkdir()
+    (out / "analysis" / "recall.csv").write_text("k,recall\n10,0.5\n")
+    (out / "dress" / "todo.txt").write_text("check row 3")
+    before = _snapshot(out)
+    for name in ("Test set", "Another set"):  # the same dataset, and a different one
+        with pytest.raises(DataError, match="holds files a build did not write: NOTES.md, analysis/recall.csv, "
+                                            "dress/todo.txt; a build never deletes them"):
+            write_dataset(out, _configs(), card=_card(name), overwrite=overwrite)
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+def test_rebuild_of_a_folder_without_manifest_counts_card_and_shards_as_its_own(tmp_path):
+    out = write_dataset(tmp_path / "ds", _configs(), card=_card())
+    (out / MANIFEST_FILENAME).unlink()  # a folder built before manifests existed
+    write_dataset(out, _configs(), card=_card())
+    assert (out / MANIFEST_FILENAME).is_file()
+    (out / MANIFEST_FILENAME).write_text("not json")  # a damaged manifest proves nothing: card and shards only
+    (out / "stray.txt").write_text("?")
+    with pytest.raises(DataError, match=r"did not write: build-manifest.json, stray.txt"):
+        write_dataset(out, _configs(), card=_card())
+
+
+def test_temporary_folder_of_a_killed_build_is_removed_and_reported(tmp_path, capsys):
+    killed = tmp_path / ".ds.tmp-k1ll3d"
+    (killed / "dress").mkdir(parents=True)
+    (killed / "dress" / "train-00000-of-00001.parquet").write_bytes(b"half")
+    out = write_dataset(tmp_path / "ds", _configs(), card=_card())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert f"removed {killed}, left by an interrupted build into {out}" in capsys.readouterr().err
+
+
+def test_full_disk_is_one_error_and_leaves_the_previous_build(tmp_path, monkeypatch):
+    out = write_dataset(tmp_path / "ds", _configs(), card=_card())
+    before = _snapshot(out)
+
+    def full_disk(self, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(Dataset, "to_parquet", full_disk)
+    with pytest.raises(DataError, match=r"failed: No space left on device \(.*\.parquet\); the folder is unchanged"):
+        write_dataset(out, _configs(), card=_card())
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -14,6 +14,7 @@ from facap_dataset.cli import main
 from facap_dataset.errors import DataError
 from facap_dataset.export import DatasetCardInfo, write_dataset
 from facap_dataset.schema import GALLERY_FEATURES
+from facap_io.hub import PushError
 
 
 def _jpeg() -> bytes:
@@ -81,9 +82,24 @@ def test_push_cli_dry_run_and_bad_inputs(built, tmp_path, capsys):
     assert captured.out.split() == EXPECTED and "would upload 3 files" in captured.err
     assert main(["push", str(tmp_path), "me/push-test", "--dry-run"]) == 2
     assert "is not a built dataset folder" in capsys.readouterr().err
-    with pytest.raises(DataError, match="invalid Hub repo id 'me/bad--name'"):
+    with pytest.raises(PushError, match="invalid Hub repo id 'me/bad--name'"):
         hub.push(built, "me/bad--name", dry_run=True)
     for shard in (built / "dress-gallery").glob("validation-*"):
         shard.unlink()
     with pytest.raises(DataError, match="split 'validation' has no file matching"):
         hub.upload_plan(built)
+
+
+@pytest.mark.parametrize("linked", ["README.md", "dress-gallery/train-00000-of-00001.parquet"])
+def test_push_refuses_symlinks(built, tmp_path, capsys, linked):
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes((built / linked).read_bytes())
+    (built / linked).unlink()
+    (built / linked).symlink_to(outside)
+    api = OfflineApi([])
+    with pytest.raises(PushError, match=f"refusing to upload {linked}: it is a symbolic link"):
+        hub.push(built, "me/push-test", api=api)
+    assert api.created is None and api.commit is None  # refused before any request
+    assert main(["push", str(built), "me/push-test", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: refusing to upload {linked}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,3 +95,46 @@ def test_inspect_refuses_a_folder_that_is_not_a_dataset(tmp_path, capsys):
         inspect_dataset(tmp_path)
     assert main(["inspect", str(tmp_path)]) == 2
     assert "not a dataset folder" in capsys.readouterr().err
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def test_corrupt_parquet_shard_is_one_line_naming_it(synthetic_dir, tmp_path, capsys):
+    folder = _copy(synthetic_dir, tmp_path)
+    shard = next((folder / "dress").glob("validation-*.parquet"))
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # truncated, as by a full disk
+    with pytest.raises(DataError, match=f"{shard} is not a readable Parquet shard"):
+        inspect_dataset(folder, num_triplets=0)
+    assert main(["inspect", str(folder), "--num-triplets", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: {shard} is not a readable Parquet shard")
+
+
+def test_contact_sheet_in_a_read_only_place_fails_before_reading(synthetic_dir, tmp_path, capsys, monkeypatch):
+    import errno
+    import tempfile
+
+    read_only = tmp_path / "read-only"
+    read_only.mkdir()
+    read_only.chmod(0o555)
+    mkstemp = tempfile.mkstemp
+
+    def refuse_in_read_only(*args, dir=None, **kwargs):  # root ignores permission bits: refuse as the kernel would
+        if dir is not None and Path(dir) == read_only:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse_in_read_only)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for sheet in (read_only / "sheet.png", blocker / "sheet.png"):
+        assert main(["inspect", str(synthetic_dir), "--contact-sheet", str(sheet)]) == 2
+        captured = capsys.readouterr()
+        err = captured.err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"error: contact sheet {sheet}") and "not writable" in err[0]
+        assert captured.out == ""  # nothing was computed before the check
+    assert list(read_only.iterdir()) == []

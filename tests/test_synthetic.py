@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from datasets import load_dataset
@@ -242,3 +243,128 @@ def test_hard_negatives_add_a_column_and_change_nothing_else(synthetic_negatives
 def test_bad_options(tmp_path, capsys, option, value, message):
     assert main(["build", "synthetic", "--out", str(tmp_path / "ds"), option, value]) == 2
     assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ stand-ins
+
+def _column_digest(folder) -> str:
+    """SHA-256 of every non-image column but `num_changes`, shard by shard (images depend on the JPEG library)."""
+    digest = hashlib.sha256()
+    for shard in sorted(folder.rglob("*.parquet")):
+        table = pq.read_table(shard)
+        digest.update(shard.relative_to(folder).as_posix().encode())
+        for name in table.column_names:
+            if name != "num_changes" and "image" not in name:
+                digest.update(name.encode())
+                digest.update(repr(table.column(name).to_pylist()).encode())
+    return digest.hexdigest()
+
+
+def test_default_catalogue_is_unchanged_and_counts_changes(synthetic_dir, rows):
+    # recorded from the catalogue before stand-ins and `num_changes` existed (same options as the fixture)
+    assert _column_digest(synthetic_dir) == "cc3b09943ce433d7a4649da2f8c12d1b32ceffd77ddf891d4ec19509227489b7"
+    for (config, _), table in rows.items():
+        for row in table if not config.endswith("-gallery") else ():
+            changed = changed_attributes(json.loads(row["reference_attributes"]), json.loads(row["target_attributes"]))
+            assert row["num_changes"] == len(changed)
+
+
+@pytest.fixture(scope="module")
+def standins(tmp_path_factory):
+    root = tmp_path_factory.mktemp("standins")
+    return {style: build_synthetic(root / style, num_images=300, image_size=16, style=style)
+            for style in ("facap", "fashioniq", "enhfashioniq")}
+
+
+def _triplets(folder, split):
+    return {c: _rows(folder, c, split) for c in FASHIONIQ_CATEGORIES}
+
+
+def test_standin_splits_cards_and_num_changes(standins):
+    from card_checks import validate_dataset_card
+
+    expected = {"facap": ["train", "validation"], "fashioniq": ["train", "validation"], "enhfashioniq": ["validation"]}
+    for style, folder in standins.items():
+        card = validate_dataset_card(folder)
+        assert "**Synthetic data**" in card.text and "synthetic" in card.data.tags
+        assert f"stands in for **{ {'facap': 'FACap', 'fashioniq': 'Fashion IQ', 'enhfashioniq': 'enhFashionIQ'}[style]}**" in card.text
+        assert f"--style {style}" in card.text
+        infos = {info["config_name"]: [s["name"] for s in info["splits"]] for info in card.data.dataset_info}
+        assert infos == {c: expected[style] for cat in FASHIONIQ_CATEGORIES for c in (cat, gallery_config(cat))}
+        for split in expected[style]:
+            for table in _triplets(folder, split).values():
+                for row in table:
+                    changed = changed_attributes(json.loads(row["reference_attributes"]),
+                                                 json.loads(row["target_attributes"]))
+                    assert row["num_changes"] == len(changed) >= 1
+
+
+def test_facap_standin_names_every_change_with_its_own_images(standins):
+    facap_ids, facap_images = set(), set()
+    for split in ("train", "validation"):
+        for table in _triplets(standins["facap"], split).values():
+            for row in table:
+                reference, target = json.loads(row["reference_attributes"]), json.loads(row["target_attributes"])
+                assert len(row["captions"]) == 1 and row["style"] == "facap"
+                assert parse_text(row["captions"]) == {a: target[a] for a in changed_attributes(reference, target)}
+                facap_ids |= {row["reference_id"], row["target_id"]}
+                facap_images.add(hashlib.sha256(row["reference_image"]["bytes"]).hexdigest())
+    fiq_images = {hashlib.sha256(row["reference_image"]["bytes"]).hexdigest()
+                  for split in ("train", "validation") for table in _triplets(standins["fashioniq"], split).values()
+                  for row in table}
+    assert all(i.startswith("synfacap-") for i in facap_ids) and not facap_images & fiq_images
+
+
+def test_fashioniq_standin_is_short_colloquial_and_often_partial(standins):
+    rows = [r for split in ("train", "validation") for t in _triplets(standins["fashioniq"], split).values() for r in t]
+    assert all(len(r["captions"]) == 2 and all(c.strip() for c in r["captions"]) for r in rows)
+    assert {r["style"] for r in rows} == {"colloquial"}
+    words = [len(c.split()) for r in rows for c in r["captions"]]
+    facap_words = [len(r["captions"][0].split()) for t in _triplets(standins["facap"], "train").values() for r in t]
+    assert np.mean(words) < 0.5 * np.mean(facap_words)
+    assert sum(r["captions"][0] == r["captions"][1] for r in rows) < 0.1 * len(rows)
+
+
+def test_colloquial_plan_leaves_changes_out_and_repeats_some():
+    from facap_dataset.synthetic_text import PARTIAL_SHARE, colloquial_plan
+
+    rng = np.random.default_rng(0)
+    partial = repeated = multi = 0
+    for _ in range(2000):
+        changes = list(rng.choice(ATTRIBUTE_NAMES, size=int(rng.integers(1, 4)), replace=False))
+        first, second = colloquial_plan(changes, rng)
+        named = set(first) | set(second)
+        assert first and second and named <= set(changes) and len(changes) - len(named) <= 1
+        if len(changes) >= 2:
+            multi += 1
+            partial += named != set(changes)
+            repeated += bool(set(first) & set(second)) and len(named) > 1
+    assert abs(partial / multi - PARTIAL_SHARE) < 0.05 and repeated > 0.1 * multi
+
+
+def test_enhfashioniq_standin_is_the_fashioniq_validation_with_detailed_texts(standins):
+    fiq, enh = _triplets(standins["fashioniq"], "validation"), _triplets(standins["enhfashioniq"], "validation")
+    keys = ["reference_id", "target_id", "reference_attributes", "target_attributes", "num_changes"]
+    for category in FASHIONIQ_CATEGORIES:
+        assert [[r[k] for k in keys] for r in enh[category]] == [[r[k] for k in keys] for r in fiq[category]]
+        assert [r["target_image"] for r in enh[category]] == [r["target_image"] for r in fiq[category]]
+        for row in enh[category]:
+            reference, target = json.loads(row["reference_attributes"]), json.loads(row["target_attributes"])
+            assert len(row["captions"]) == 1 and row["style"] == "facap"
+            assert parse_text(row["captions"]) == {a: target[a] for a in changed_attributes(reference, target)}
+        gallery = gallery_config(category)
+        assert _rows(standins["enhfashioniq"], gallery, "validation") == _rows(standins["fashioniq"], gallery,
+                                                                                 "validation")
+
+
+def test_standin_cli_and_bad_style(tmp_path, capsys):
+    out = tmp_path / "fiq"
+    assert main(["build", "synthetic", "--style", "fashioniq", "--out", str(out), "--num-images", "300",
+                 "--image-size", "16"]) == 0
+    printed = capsys.readouterr().out
+    assert "dress: train" in printed and "validation" in printed and "test" not in printed.split("\n", 1)[1]
+    assert read_card_data(out).pretty_name == "Synthetic Fashion IQ stand-in"
+    with pytest.raises(DataError, match="--style 'cirr' is unknown; expected one of: mixed, facap, fashioniq"):
+        generate_synthetic(num_images=300, style="cirr")
+    with pytest.raises(SystemExit):
+        main(["build", "synthetic", "--style", "nope", "--out", str(out)])
