@@ -121,7 +121,11 @@ def train_options(plan: Plan, run: RunSpec, layout: Layout) -> dict:
     options = {**substitute(plan.training, plan, layout), **substitute(run.options, plan, layout)}
     options["dataset"] = [dataset_location(plan, plan.datasets[name], layout) for name in run.datasets]
     options["configs"] = list(run.configs)
-    options["max_steps"] = run.steps
+    options.pop("max_steps", None), options.pop("num_epochs", None)
+    if run.steps is not None:
+        options["max_steps"] = run.steps
+    else:
+        options["num_epochs"] = run.epochs
     if run.init_kind == "run":
         options["init_from"] = str(layout.run_dir(run.init))
         options.pop("model", None)
@@ -146,14 +150,14 @@ def train_command(plan: Plan, run: RunSpec, layout: Layout, launch: list[str], r
     return command
 
 
+# Model overrides an untrained (converted) row may set, as `python -m modeling_fashionblip2.convert` flags.
+CONVERT_OVERRIDES = {"matching": "--matching", "adapter_dim": "--adapter-dim", "num_heads": "--num-heads"}
+
+
 def convert_command(run: RunSpec, layout: Layout) -> list[str]:
-    """An untrained row: the BLIP-2 checkpoint converted into runs/RUN/final (with the run's model overrides)."""
-    overrides = dict(run.model_overrides)
-    flags = []
-    if "matching" in overrides:
-        flags += ["--matching", str(overrides.pop("matching"))]
-    if "adapter_dim" in overrides:
-        flags += ["--adapter-dim", str(overrides.pop("adapter_dim"))]
+    """An untrained row: the BLIP-2 checkpoint converted into runs/RUN/final (with the run's model overrides;
+    `targetpad` in its options turns on Fashion IQ's target pad)."""
+    flags = [item for key, value in run.model_overrides.items() for item in (CONVERT_OVERRIDES[key], str(value))]
     if run.options.get("targetpad"):
         flags.append("--target-pad")
     return [sys.executable, "-m", "modeling_fashionblip2.convert", run.init,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import resource
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -55,6 +56,12 @@ def subprocess_runner(command: list[str], log: Path) -> int:
         handle.write(f"$ {' '.join(command)}\n")
         handle.flush()
         return subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+
+
+def _children_cpu_seconds() -> float:
+    """CPU time of finished child processes (user + system): a step's cost whatever else the machine runs."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _digest(payload) -> str:
@@ -106,7 +113,7 @@ def plan_steps(plan: Plan, layout: Layout, launch: list[str]) -> list[Step]:
 def _run_payload(plan: Plan, run: RunSpec) -> dict:
     """What a run's result depends on: its spec and the plan's training defaults (not paths or launch options)."""
     return {"init": [run.init_kind, run.init], "datasets": run.datasets, "configs": run.configs, "steps": run.steps,
-            "model_overrides": run.model_overrides, "options": {**plan.training, **run.options}}  # fmt: skip
+            "epochs": run.epochs, "model_overrides": run.model_overrides, "options": {**plan.training, **run.options}}  # fmt: skip
 
 
 def _train_step(plan: Plan, run: RunSpec, layout: Layout, launch: list[str], fingerprint: str) -> Step:
@@ -122,7 +129,7 @@ def _train_step(plan: Plan, run: RunSpec, layout: Layout, launch: list[str], fin
         return commands.train_command(plan, run, layout, launch, _resume_mode(folder))
 
     init = f"init {run.init_kind} {run.init}"
-    describe = f"training {run.name} ({init}, {run.steps} steps on {', '.join(run.datasets)})"
+    describe = f"training {run.name} ({init}, {run.length} on {', '.join(run.datasets)})"
     return Step(f"train:{run.name}", describe, fingerprint, folder / "final" / "config.json", command, prepare)
 
 
@@ -181,17 +188,18 @@ def execute(plan: Plan, layout: Layout, steps: list[Step], state: dict, runner: 
     todo = [step for step in steps if not is_finished(step, state)]
     log(f"plan {plan.name}: {len(steps) - len(todo)} of {len(steps)} steps already finished in {layout.root}")
     for number, step in enumerate(todo, start=1):
-        started = time.monotonic()
+        started, cpu_before = time.monotonic(), _children_cpu_seconds()
         log(f"[{number}/{len(todo)}] {step.describe} ...")
         step.prepare()
         status = runner(step.command(), layout.log(step.key))
-        seconds = time.monotonic() - started
+        seconds, cpu_seconds = time.monotonic() - started, _children_cpu_seconds() - cpu_before
         if status != 0 or not step.output.exists():
             reason = f"exit status {status}" if status != 0 else f"exit status 0 but no {step.output}"
             raise StepFailed(f"{step.key} failed ({reason}) after {seconds:.0f} s; log: {layout.log(step.key)} "
                              "(finished steps are kept: rerun the same command to continue)")  # fmt: skip
         state["steps"][step.key] = {"fingerprint": step.fingerprint, "seconds": round(seconds, 1),
+                                    "cpu_seconds": round(cpu_seconds, 1),
                                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
         write_json(layout.state, state)
-        log(f"[{number}/{len(todo)}] {step.key} done in {seconds:.0f} s")
+        log(f"[{number}/{len(todo)}] {step.key} done in {seconds:.0f} s ({cpu_seconds:.0f} CPU s)")
     return state

@@ -17,7 +17,7 @@ later. Schema (keys not listed are errors, to catch typos):
         init: {preset: demo} | {model: BLIP2_ID_OR_DIR} | {run: OTHER_RUN}
         datasets: [NAME, ...]              # omitted with steps: 0 (a converted, untrained BLIP-2)
         configs: [dress, ...]
-        steps: 400
+        steps: 400                         # or epochs: 3; steps: 0 = no training (a converted BLIP-2)
         model_overrides: {...}
         options: {...}                     # more train_accelerate.py options for this run only
     evaluations:
@@ -46,7 +46,7 @@ DATA_REFERENCE = re.compile(r"\{data:([^}]*)\}")
 
 _PLAN_KEYS = {"name", "description", "launch", "datasets", "training", "runs", "evaluations", "baselines", "acceptance"}
 _DATASET_KEYS = {"build", "options", "configs", "path", "hub", "label"}
-_RUN_KEYS = {"name", "label", "init", "datasets", "configs", "steps", "model_overrides", "options"}
+_RUN_KEYS = {"name", "label", "init", "datasets", "configs", "steps", "epochs", "model_overrides", "options"}
 _EVAL_KEYS = {"name", "label", "dataset", "configs", "split", "breakdowns", "options"}
 _BASELINE_KEYS = {"model", "kinds", "evaluations"}
 _ACCEPTANCE_KEYS = {"evaluation", "metric"}
@@ -76,13 +76,18 @@ class RunSpec:
     init: str
     datasets: tuple[str, ...]
     configs: tuple[str, ...]
-    steps: int
+    steps: int | None  # optimizer steps; None when the run gives epochs; 0 = no training
+    epochs: float | None = None
     model_overrides: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
 
     @property
     def trains(self) -> bool:
-        return self.steps > 0
+        return self.steps != 0
+
+    @property
+    def length(self) -> str:
+        return f"{self.steps} steps" if self.steps is not None else f"{self.epochs:g} epochs"
 
 
 @dataclass(frozen=True)
@@ -204,10 +209,8 @@ def _run(value: Any, where: str) -> RunSpec:
     if len(init) != 1 or next(iter(init)) not in _INIT_KINDS:
         raise PlanError(f"{where}: init must be one of {{preset: NAME}}, {{model: ID_OR_DIR}}, {{run: RUN}}; got {init}")
     init_kind, init_value = next(iter(init.items()))
-    steps = entry.get("steps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-        raise PlanError(f"{where}: steps must be an integer >= 0, got {steps!r}")
-    trains = steps > 0
+    steps, epochs = _length(entry, where)
+    trains = steps != 0
     if not trains and init_kind != "model":
         raise PlanError(f"{where}: steps: 0 (no training) needs init: {{model: BLIP2_ID}}, a checkpoint to convert")
     datasets = tuple(_names(entry.get("datasets"), f"{where}: datasets")) if trains or entry.get("datasets") else ()
@@ -220,9 +223,22 @@ def _run(value: Any, where: str) -> RunSpec:
         datasets=datasets,
         configs=configs,
         steps=steps,
+        epochs=epochs,
         model_overrides=_mapping(entry.get("model_overrides", {}), f"{where}: model_overrides"),
         options=_mapping(entry.get("options", {}), f"{where}: options"),
     )
+
+
+def _length(entry: dict, where: str) -> tuple[int | None, float | None]:
+    """(steps, None) or (None, epochs): exactly one of the two keys."""
+    steps, epochs = entry.get("steps"), entry.get("epochs")
+    if (steps is None) == (epochs is None):
+        raise PlanError(f"{where}: give exactly one of steps and epochs")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        raise PlanError(f"{where}: steps must be an integer >= 0, got {steps!r}")
+    if epochs is not None and (not isinstance(epochs, (int, float)) or isinstance(epochs, bool) or epochs <= 0):
+        raise PlanError(f"{where}: epochs must be a number > 0, got {epochs!r}")
+    return steps, None if epochs is None else float(epochs)
 
 
 def _evaluation(value: Any, where: str) -> EvaluationSpec:

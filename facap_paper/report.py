@@ -35,7 +35,8 @@ def gather(plan: Plan, layout: Layout, state: dict) -> dict:
         results = {evaluation.name: _read(layout.eval_file(run.name, evaluation.name)) for evaluation in plan.evaluations}
         runs.append({
             "name": run.name, "label": run.label, "init": f"{run.init_kind}:{run.init}", "datasets": list(run.datasets),
-            "configs": list(run.configs), "steps": run.steps, "model_overrides": run.model_overrides,
+            "configs": list(run.configs), "steps": run.steps, "epochs": run.epochs, "trained": run.trains,
+            "model_overrides": run.model_overrides,
             "train_seconds": steps.get(f"train:{run.name}", {}).get("seconds"), "results": results,
         })  # fmt: skip
     baselines = {}
@@ -72,7 +73,7 @@ def acceptance(plan: Plan, gathered: dict) -> dict | None:
     threshold = max(known) if known else None
     rows = {}
     for run in gathered["runs"]:
-        if run["steps"] == 0:
+        if not run["trained"]:
             continue
         value = _average(run["results"].get(evaluation), metric)
         rows[run["name"]] = {"value": value,
@@ -167,7 +168,8 @@ def markdown(gathered: dict) -> str:
         lines += [gathered["description"].strip(), ""]
     lines += ["Rows:", ""]
     for run in gathered["runs"]:
-        trained = f"{run['steps']} steps on {', '.join(run['datasets'])}" if run["steps"] else "untrained"
+        length = f"{run['steps']} steps" if run["steps"] is not None else f"{run['epochs']:g} epochs"
+        trained = f"{length} on {', '.join(run['datasets'])}" if run["trained"] else "untrained"
         overrides = f", overrides {json.dumps(run['model_overrides'])}" if run["model_overrides"] else ""
         lines.append(f"- **{run['label']}** (`{run['name']}`): init {run['init']}, {trained}{overrides}")
     lines.append("")

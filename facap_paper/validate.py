@@ -75,6 +75,8 @@ def _check_run(plan: Plan, run, configs: dict, layout: commands.Layout) -> None:
             if config not in available:
                 raise PlanError(f"plan {plan.name}: {where}: unknown config {config!r} in {', '.join(run.datasets)} "
                                 f"(configs: {', '.join(sorted(available))})")  # fmt: skip
+    if not run.trains:
+        _check_conversion(plan, where, run)
     fields = set(FashionBlip2Config().to_dict())
     unknown = sorted(set(run.model_overrides) - fields)
     if unknown:
@@ -85,7 +87,16 @@ def _check_run(plan: Plan, run, configs: dict, layout: commands.Layout) -> None:
             options = Path(scratch) / "train.yaml"
             options.write_text(yaml.safe_dump(commands.train_options(plan, run, layout)))
             argv = ["--config", str(options), "--output-dir", str(layout.run_dir(run.name))]
-            _check_parses(plan, where, argv, _train_parser)
+            _check_parses(plan, where, argv, _train_parser, {f"--config {options}": "options"})
+
+
+def _check_conversion(plan: Plan, where: str, run) -> None:
+    """An untrained row is converted by `python -m modeling_fashionblip2.convert`, which takes these only."""
+    extra = sorted(set(run.model_overrides) - set(commands.CONVERT_OVERRIDES))
+    extra += sorted(f"options.{key}" for key in set(run.options) - {"targetpad"})
+    if extra:
+        raise PlanError(f"plan {plan.name}: {where}: an untrained (converted) run takes model_overrides "
+                        f"{', '.join(commands.CONVERT_OVERRIDES)} and options.targetpad only, not {', '.join(extra)}")
 
 
 def _check_model_source(plan: Plan, where: str, source: str) -> None:
@@ -170,7 +181,7 @@ def _eval_parser():
     return eval_cir
 
 
-def _check_parses(plan: Plan, where: str, argv: list[str], parser_factory) -> None:
+def _check_parses(plan: Plan, where: str, argv: list[str], parser_factory, renames: dict | None = None) -> None:
     """Parse `argv` with the entry point's parser; its complaint becomes one PlanError line."""
     parser = parser_factory()
     stderr = io.StringIO()
@@ -180,6 +191,9 @@ def _check_parses(plan: Plan, where: str, argv: list[str], parser_factory) -> No
     except SystemExit as exit_:
         if exit_.code not in (0, None):
             lines = [line for line in stderr.getvalue().splitlines() if line.strip()]
-            reason = lines[-1] if lines else f"exit code {exit_.code}"
+            # argparse's last line is "PROG: error: MESSAGE"; the plan entry replaces PROG.
+            reason = lines[-1].split(" error: ", 1)[-1] if lines else f"exit code {exit_.code}"
+            for old, new in (renames or {}).items():  # a scratch file's name means nothing to the reader
+                reason = reason.replace(old, new)
             raise PlanError(f"plan {plan.name}: {where}: {reason}") from None
 
