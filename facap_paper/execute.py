@@ -46,6 +46,7 @@ class Step:
     output: Path  # exists once the step has succeeded
     command: Callable[[], list[str]]  # built when the step runs (a resume depends on what is on disk then)
     prepare: Callable[[], None] = lambda: None
+    verify: Callable[[], str | None] = lambda: None  # a problem with the finished output, or None
     depends: tuple[str, ...] = field(default_factory=tuple)
 
 
@@ -80,7 +81,8 @@ def plan_steps(plan: Plan, layout: Layout, launch: list[str]) -> list[Step]:
         key = f"build:{name}"
         fingerprints[f"data:{name}"] = fingerprints[key] = _digest({"build": dataset.build, "options": dataset.options})
         steps.append(Step(key, f"building dataset {name} ({dataset.build})", fingerprints[key],
-                          layout.data_dir(name) / "README.md", _bind(commands.build_command, plan, dataset, layout)))  # fmt: skip
+                          layout.data_dir(name) / "README.md", _bind(commands.build_command, plan, dataset, layout),
+                          verify=_bind(_missing_configs, dataset.configs, layout.data_dir(name))))  # fmt: skip
     for run in run_order(plan):
         key = f"train:{run.name}"
         upstream = [fingerprints[f"data:{name}"] for name in run.datasets]
@@ -108,6 +110,17 @@ def plan_steps(plan: Plan, layout: Layout, launch: list[str]) -> list[Step]:
                                   _bind(commands.eval_command, plan, run, evaluation, layout, kind),
                                   depends=(f"train:{run.name}",)))  # fmt: skip
     return steps
+
+
+def _missing_configs(declared: tuple[str, ...], folder: Path) -> str | None:
+    """The plan was validated against the configs it declares for a build: the built card must have them."""
+    from facap_dataset.export import read_card_data
+
+    card = read_card_data(folder) or {"configs": []}
+    built = [entry["config_name"] for entry in card["configs"]]
+    missing = [config for config in declared if config not in built]
+    return f"the plan declares configs {', '.join(missing)} that the build lacks (it has: {', '.join(built)})" \
+        if missing else None  # fmt: skip
 
 
 def _run_payload(plan: Plan, run: RunSpec) -> dict:
@@ -193,8 +206,9 @@ def execute(plan: Plan, layout: Layout, steps: list[Step], state: dict, runner: 
         step.prepare()
         status = runner(step.command(), layout.log(step.key))
         seconds, cpu_seconds = time.monotonic() - started, _children_cpu_seconds() - cpu_before
-        if status != 0 or not step.output.exists():
-            reason = f"exit status {status}" if status != 0 else f"exit status 0 but no {step.output}"
+        problem = None if status != 0 or not step.output.exists() else step.verify()
+        if status != 0 or not step.output.exists() or problem:
+            reason = f"exit status {status}" if status != 0 else problem or f"exit status 0 but no {step.output}"
             raise StepFailed(f"{step.key} failed ({reason}) after {seconds:.0f} s; log: {layout.log(step.key)} "
                              "(finished steps are kept: rerun the same command to continue)")  # fmt: skip
         state["steps"][step.key] = {"fingerprint": step.fingerprint, "seconds": round(seconds, 1),

@@ -193,7 +193,8 @@ def figure(gathered: dict, path: Path, metric: str = "recall@10") -> Path:
     if gathered["baselines"]:
         rows += [(f"{kind} (baseline)", by_eval) for kind, by_eval in gathered["baselines"]["results"].items()]
     label = metric.replace("recall@", "R@")
-    fig, (bars_axis, lines_axis) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]})
+    fig, (bars_axis, lines_axis) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]},
+                                             layout="constrained")
     width = 0.8 / max(len(evaluations), 1)
     for index, evaluation in enumerate(evaluations):
         values = [_average(results.get(evaluation["name"]), metric) for _, results in rows]
@@ -207,7 +208,6 @@ def figure(gathered: dict, path: Path, metric: str = "recall@10") -> Path:
     bars_axis.legend(fontsize=8)
     _text_length_lines(lines_axis, gathered, metric)
     fig.suptitle(f"plan {gathered['plan']}")
-    fig.tight_layout()
     try:
         return write_file(path, lambda temporary: fig.savefig(temporary, format="png", dpi=110))
     finally:

@@ -63,10 +63,11 @@ def fake_results(r10: float, configs=TRIPLETS) -> dict:
 class FakeRunner:
     """Records each command and makes the files the real entry point would; `fail` names a step to fail."""
 
-    def __init__(self, fail: str | None = None, recall: dict | None = None):
+    def __init__(self, fail: str | None = None, recall: dict | None = None, built_configs=CONFIGS):
         self.commands: list[list[str]] = []
         self.fail = fail
         self.recall = recall or {}
+        self.built_configs = built_configs
 
     def __call__(self, command: list[str], log: Path) -> int:
         self.commands.append(command)
@@ -78,7 +79,8 @@ class FakeRunner:
         if "facap_dataset" in command:
             out = Path(_after(command, "--out"))
             out.mkdir(parents=True, exist_ok=True)
-            (out / "README.md").write_text("---\nconfigs: []\n---\n")
+            card = yaml.safe_dump({"configs": [{"config_name": c, "data_files": f"{c}/*.parquet"} for c in self.built_configs]})
+            (out / "README.md").write_text(f"---\n{card}---\n")
         elif "train_accelerate" in text:
             final = Path(_after(command, "--output-dir")) / "final"
             final.mkdir(parents=True, exist_ok=True)
@@ -259,6 +261,14 @@ def test_a_killed_run_without_checkpoint_starts_over_with_overwrite(tmp_path):
     again = FakeRunner()
     assert run_paper(tmp_path, BASE_PLAN, again) == 0
     assert again.kinds()[0] == "train:solo" and again.commands[0][-1] == "--overwrite"
+
+
+def test_a_build_lacking_a_declared_config_stops_the_plan(tmp_path, capsys):
+    runner = FakeRunner(built_configs=["dress", "dress-gallery"])
+    assert run_paper(tmp_path, BASE_PLAN, runner) == 1
+    err = capsys.readouterr().err
+    assert "build:pre failed (the plan declares configs shirt, toptee, shirt-gallery, toptee-gallery that the build lacks" in err
+    assert runner.kinds() == ["build:pre"]
 
 
 def test_output_folder_of_another_plan_or_other_settings_is_refused(tmp_path, capsys):
