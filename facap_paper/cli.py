@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from facap_io.atomic import check_writable
 from facap_io.errors import FacapError
 
 from .commands import Layout
@@ -50,6 +51,11 @@ def main(argv: list[str] | None = None, *, plans_dir: Path, runner: Runner = sub
         for step in steps:
             print(f"{step.key}: {step.describe}")
         return 0
+    try:
+        check_writable(layout.root, what="--out", folder=True)
+    except FacapError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     status = 0
     if not args.report_only:
         try:
@@ -57,6 +63,9 @@ def main(argv: list[str] | None = None, *, plans_dir: Path, runner: Runner = sub
         except StepFailed as error:
             print(f"error: {error}", file=sys.stderr)
             status = 1
+        except KeyboardInterrupt:
+            print("interrupted; finished steps are kept: rerun the same command to continue", file=sys.stderr)
+            status = 130
     gathered = write_reports(plan, layout, state)
     print(f"results: {layout.root / 'results.md'}, {layout.root / 'results.json'}, {layout.root / 'results.png'} "
           f"({time.monotonic() - started:.0f} s this time)")  # fmt: skip

@@ -285,6 +285,12 @@ def test_output_folder_of_another_plan_or_other_settings_is_refused(tmp_path, ca
     assert runner.commands == [] and sorted(p.relative_to(tmp_path) for p in (tmp_path / "out").rglob("*")) == before
 
 
+def test_out_path_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    assert run_paper(tmp_path, BASE_PLAN, FakeRunner()) == 2
+    assert "output folder" in capsys.readouterr().err and (tmp_path / "out").read_text() == "a file"
+
+
 def test_non_empty_folder_without_results_is_refused(tmp_path, capsys):
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "notes.txt").write_text("mine")
