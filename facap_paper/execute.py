@@ -16,7 +16,7 @@ import json
 import resource
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from facap_io.errors import FacapError
 
 from . import commands
 from .commands import Layout
-from .plan import Plan, PlanError, RunSpec, run_order
+from .plan import EvaluationSpec, Plan, PlanError, RunSpec, run_order
 
 STATE_VERSION = 1
 # command, log path -> exit status. Replaced by a recording fake in tests.
@@ -47,7 +47,6 @@ class Step:
     command: Callable[[], list[str]]  # built when the step runs (a resume depends on what is on disk then)
     prepare: Callable[[], None] = lambda: None
     verify: Callable[[], str | None] = lambda: None  # a problem with the finished output, or None
-    depends: tuple[str, ...] = field(default_factory=tuple)
 
 
 def subprocess_runner(command: list[str], log: Path) -> int:
@@ -93,22 +92,21 @@ def plan_steps(plan: Plan, layout: Layout, launch: list[str]) -> list[Step]:
         steps.append(_train_step(plan, run, layout, launch, fingerprints[key]))
         for evaluation in plan.evaluations:
             eval_key = f"eval:{run.name}:{evaluation.name}"
-            payload = {"evaluation": evaluation.__dict__, "run": fingerprints[key],
+            payload = {"evaluation": _evaluation_payload(evaluation), "run": fingerprints[key],
                        "data": fingerprints[f"data:{evaluation.dataset}"]}  # fmt: skip
             steps.append(Step(eval_key, f"evaluating {run.name} on {evaluation.name}", _digest(payload),
                               layout.eval_file(run.name, evaluation.name),
-                              _bind(commands.eval_command, plan, run, evaluation, layout), depends=(key,)))  # fmt: skip
+                              _bind(commands.eval_command, plan, run, evaluation, layout)))  # fmt: skip
     if plan.baselines is not None:
         run = plan.run(plan.baselines.model)
         for kind in plan.baselines.kinds:
             for name in plan.baselines.evaluations:
                 evaluation = plan.evaluation(name)
-                payload = {"kind": kind, "evaluation": evaluation.__dict__, "run": fingerprints[f"train:{run.name}"],
+                payload = {"kind": kind, "evaluation": _evaluation_payload(evaluation), "run": fingerprints[f"train:{run.name}"],
                            "data": fingerprints[f"data:{evaluation.dataset}"]}  # fmt: skip
                 steps.append(Step(f"baseline:{kind}:{name}", f"{kind} baseline on {name} (embeddings of {run.name})",
                                   _digest(payload), layout.baseline_file(kind, name),
-                                  _bind(commands.eval_command, plan, run, evaluation, layout, kind),
-                                  depends=(f"train:{run.name}",)))  # fmt: skip
+                                  _bind(commands.eval_command, plan, run, evaluation, layout, kind)))  # fmt: skip
     return steps
 
 
@@ -121,6 +119,11 @@ def _missing_configs(declared: tuple[str, ...], folder: Path) -> str | None:
     missing = [config for config in declared if config not in built]
     return f"the plan declares configs {', '.join(missing)} that the build lacks (it has: {', '.join(built)})" \
         if missing else None  # fmt: skip
+
+
+def _evaluation_payload(evaluation: EvaluationSpec) -> dict:
+    """What an evaluation's result depends on (its label is only a title)."""
+    return {key: value for key, value in evaluation.__dict__.items() if key != "label"}
 
 
 def _run_payload(plan: Plan, run: RunSpec) -> dict:

@@ -203,6 +203,7 @@ def figure(gathered: dict, path: Path, metric: str = "recall@10") -> Path:
         for x, value in zip(positions, values):
             bars_axis.text(x, (value or 0.0) + 0.5, MISSING if value is None else f"{value:.0f}", ha="center", fontsize=7)
     bars_axis.set_xticks(range(len(rows)), [name for name, _ in rows], rotation=25, ha="right", fontsize=8)
+    bars_axis.set_ylim(0, 108)  # recall in %: equal scales make figures of different plans comparable
     bars_axis.set_ylabel(f"average {label} (%)")
     bars_axis.set_title(f"{label}, mean over categories")
     bars_axis.legend(fontsize=8)
@@ -233,6 +234,7 @@ def _text_length_lines(axis, gathered: dict, metric: str) -> None:
     axis.set_title(f"{label} by words in the modification text")
     axis.set_xlabel("words (bucket)")
     axis.set_ylabel(f"{label} (%)")
+    axis.set_ylim(0, 105)
     if drawn:
         axis.legend(fontsize=6)
     else:
