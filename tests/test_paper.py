@@ -27,7 +27,7 @@ BASE_PLAN = {
         "pre": {"build": "synthetic", "options": {"num_images": 300, "seed": 0}, "configs": CONFIGS},
         "fiq": {"build": "synthetic", "options": {"num_images": 300, "seed": 1}, "configs": CONFIGS},
     },
-    "training": {"batch_size": 8, "no_eval": True},
+    "training": {"batch_size": 8, "eval_k_values": [1, 5, 10]},
     # Listed with the fine-tuning run first: the order must come from the init references.
     "runs": [
         {"name": "ft", "init": {"run": "pre"}, "datasets": ["fiq"], "configs": TRIPLETS, "steps": 2},
@@ -221,7 +221,7 @@ def test_steps_run_in_dependency_order_through_the_entry_points(tmp_path, capsys
     assert train_ft[1] == "launch" and "--num_processes" in train_ft and "--config" in train_ft
     options = yaml.safe_load(Path(_after(train_ft, "--config")).read_text())
     assert options["init_from"] == str(out / "runs" / "pre") and "model" not in options
-    assert options["dataset"] == [str(out / "data" / "fiq")] and options["max_steps"] == 2 and options["no_eval"] is True
+    assert options["dataset"] == [str(out / "data" / "fiq")] and options["max_steps"] == 2 and options["eval_k_values"] == [1, 5, 10]
     solo = yaml.safe_load((out / "commands" / "solo.train.yaml").read_text())
     assert solo["model"] == "tiny" and solo["model_overrides"] == {"adapter_dim": 0}
     evaluation = next(c for c in runner.commands if "eval_cir" in " ".join(c))
@@ -343,7 +343,7 @@ TINY_PLAN = {
                "--mixed_precision", "no", "--dynamo_backend", "no"],
     "datasets": {"syn": {"build": "synthetic", "options": {"num_images": 300, "seed": 0, "image_size": 32},
                          "configs": CONFIGS}},
-    "training": {"batch_size": 8, "no_eval": True, "save_steps": 2, "report_to": "none", "num_workers": 0,
+    "training": {"batch_size": 8, "eval_k_values": [1, 5, 10], "save_steps": 2, "report_to": "none", "num_workers": 0,
                  "model_overrides": {"temperature_init": 0.05}},
     "runs": [{"name": "tiny-run", "init": {"preset": "tiny"}, "datasets": ["syn"], "configs": TRIPLETS, "steps": 3}],
     "evaluations": [{"name": "val", "dataset": "syn", "configs": TRIPLETS, "breakdowns": ["text-length", "num-changes"],
