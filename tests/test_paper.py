@@ -81,8 +81,9 @@ class FakeRunner:
             out.mkdir(parents=True, exist_ok=True)
             card = yaml.safe_dump({"configs": [{"config_name": c, "data_files": f"{c}/*.parquet"} for c in self.built_configs]})
             (out / "README.md").write_text(f"---\n{card}---\n")
-        elif "train_accelerate" in text:
-            final = Path(_after(command, "--output-dir")) / "final"
+        elif "train_accelerate" in text or "modeling_fashionblip2.convert" in command:
+            final = Path(_after(command, "--output-dir")) / "final" if "train_accelerate" in text \
+                else Path(_after(command, "modeling_fashionblip2.convert", 2))  # fmt: skip
             final.mkdir(parents=True, exist_ok=True)
             (final / "config.json").write_text(json.dumps({"model_type": "fashionblip2"}))
         elif "eval_cir" in text:
@@ -108,8 +109,8 @@ class FakeRunner:
         return words
 
 
-def _after(command: list[str], flag: str) -> str:
-    return command[command.index(flag) + 1]
+def _after(command: list[str], flag: str, offset: int = 1) -> str:
+    return command[command.index(flag) + offset]
 
 
 def run_paper(tmp_path: Path, plan: dict, runner: FakeRunner, *extra: str, out: str = "out") -> int:
@@ -148,6 +149,31 @@ def test_shipped_plans_hold_the_paper_rows(name):
         first = plan.runs[0]
         assert first.steps == 0 and first.init == "Salesforce/blip2-itm-vit-g"  # BLIP-2 zero-shot, untrained
         assert all(r.init == "Salesforce/blip2-itm-vit-g" for r in runs.values() if r.init_kind == "model")
+
+
+def test_blip2_plan_runs_the_paper_recipe_through_the_entry_points(tmp_path):
+    """paper-blip2 with its three datasets stood in by declared builds (the real folders are not here)."""
+    plan = yaml.safe_load((PLANS_DIR / "paper-blip2.yaml").read_text())
+    facap_configs = ["dress", "jacket", "outfit", "pants", "skirt", "top"]
+    plan["datasets"] = {"facap": {"build": "synthetic", "configs": facap_configs},
+                        "fashioniq": {"build": "synthetic", "configs": CONFIGS},
+                        "enhfashioniq": {"build": "synthetic", "configs": CONFIGS}}  # fmt: skip
+    runner = FakeRunner(built_configs=CONFIGS + facap_configs)
+    assert run_paper(tmp_path, plan, runner, "--launch", "--multi_gpu --num_processes 4") == 0
+    out = tmp_path / "out"
+    convert = next(c for c in runner.commands if "modeling_fashionblip2.convert" in c)
+    assert convert[convert.index("modeling_fashionblip2.convert") + 1:] == [
+        "Salesforce/blip2-itm-vit-g", str(out / "runs" / "blip2-zeroshot" / "final"), "--target-pad", "--overwrite"]
+    train = next(c for c in runner.commands if c[-1] == str(out / "runs" / "facap-fiq"))
+    assert train[1:5] == ["launch", "--multi_gpu", "--num_processes", "4"]
+    options = yaml.safe_load((out / "commands" / "facap-fiq.train.yaml").read_text())
+    assert options["num_epochs"] == 10 and "max_steps" not in options and options["targetpad"] == 1.25
+    assert options["mixed_precision"] == "bf16" and options["batch_size"] == 32
+    assert options["eval_dataset"] == str(out / "data" / "fashioniq") and options["init_from"] == str(out / "runs" / "facap")
+    ablation = yaml.safe_load((out / "commands" / "facap-noadapter.train.yaml").read_text())
+    assert ablation["model"] == "Salesforce/blip2-itm-vit-g" and ablation["model_overrides"] == {"adapter_dim": 0}
+    results = json.loads((out / "results.json").read_text())
+    assert results["runs"][0]["name"] == "blip2-zeroshot" and "blip2-zeroshot" not in results["acceptance"]["rows"]
 
 
 def _mutate(change):
