@@ -24,7 +24,7 @@ later. Schema (keys not listed are errors, to catch typos):
       - {name: NAME, label: text, dataset: NAME, configs: [...], split: validation,
          breakdowns: [text-length, num-changes], options: {...}}   # options: eval_cir.py flags
     baselines: {model: RUN, kinds: [image-only, text-only], evaluations: [NAME, ...]}
-    acceptance: {evaluation: NAME, metric: recall@10}
+    acceptance: {evaluation: NAME, metric: recall@10, runs: [RUN, ...]}   # runs: default every trained run
 
 Option values may name a built dataset's folder as `{data:NAME}` (e.g. a builder reading another build).
 """
@@ -49,7 +49,7 @@ _DATASET_KEYS = {"build", "options", "configs", "path", "hub", "label"}
 _RUN_KEYS = {"name", "label", "init", "datasets", "configs", "steps", "epochs", "model_overrides", "options"}
 _EVAL_KEYS = {"name", "label", "dataset", "configs", "split", "breakdowns", "options"}
 _BASELINE_KEYS = {"model", "kinds", "evaluations"}
-_ACCEPTANCE_KEYS = {"evaluation", "metric"}
+_ACCEPTANCE_KEYS = {"evaluation", "metric", "runs"}
 _INIT_KINDS = ("preset", "model", "run")
 
 
@@ -165,6 +165,8 @@ def load_plan(path: Path) -> Plan:
     baselines = None if mapping.get("baselines") is None else _baselines(mapping["baselines"], where)
     acceptance = _mapping(mapping.get("acceptance", {}), f"{where}: acceptance")
     _known_keys(acceptance, _ACCEPTANCE_KEYS, f"{where}: acceptance")
+    if "runs" in acceptance:
+        acceptance = {**acceptance, "runs": _names(acceptance["runs"], f"{where}: acceptance: runs")}
     return Plan(
         name=name,
         description=str(mapping.get("description", "")),

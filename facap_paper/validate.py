@@ -136,6 +136,11 @@ def _check_acceptance(plan: Plan) -> None:
         raise PlanError(f"plan {plan.name}: acceptance: metric must be recall@K, got {metric!r}")
     if plan.baselines is None or evaluation not in plan.baselines.evaluations:
         raise PlanError(f"plan {plan.name}: acceptance: evaluation {evaluation!r} has no baselines to compare with")
+    trained = [run.name for run in plan.runs if run.trains]
+    for name in plan.acceptance.get("runs", trained):
+        if name not in trained:
+            raise PlanError(f"plan {plan.name}: acceptance: runs names {name!r}, not a trained run of the plan "
+                            f"(trained runs: {', '.join(trained)})")  # fmt: skip
 
 
 def _require_dataset(plan: Plan, name: str, where: str) -> None:

@@ -204,6 +204,7 @@ BAD_PLANS = {
     "bad model id": (lambda p: p["runs"][2].update(init={"model": "not a model!"}), "neither a folder nor a Hub id"),
     "unknown builder option": (lambda p: p["datasets"]["pre"].update(options={"num_imagez": 3}), "dataset 'pre': unrecognized"),
     "unknown data reference": (lambda p: p["datasets"]["pre"]["options"].update(out2="{data:zzz}"), "unknown dataset 'zzz'"),
+    "unknown acceptance run": (lambda p: p["acceptance"].update(runs=["pre", "ghost"]), "acceptance: runs names 'ghost'"),
     "missing local dataset": (lambda p: p["datasets"].update(fiq={"path": "/nonexistent/fiq"}), "dataset 'fiq': no dataset folder"),
 }  # fmt: skip
 
@@ -354,6 +355,15 @@ def test_acceptance_fails_for_a_row_below_a_baseline(tmp_path, capsys):
     assert results["acceptance"]["rows"]["pre"]["pass"] is False and results["acceptance"]["pass"] is False
     assert "- FAIL pre: 25.00" in (tmp_path / "out" / "results.md").read_text()
     assert "acceptance (recall@10 on val): FAIL" in capsys.readouterr().out
+
+
+def test_acceptance_checks_only_the_rows_it_names(tmp_path):
+    plan = _mutate(lambda p: p["acceptance"].update(runs=["ft", "solo"]))
+    runner = FakeRunner(recall={"pre": 25.0, "ft": 40.0, "solo": 35.0, "image-only": 20.0, "text-only": 30.0})
+    assert run_paper(tmp_path, plan, runner) == 0
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["acceptance"]["rows"]) == {"ft", "solo"} and results["acceptance"]["pass"] is True
+    assert "| pre | 25.00 |" in (tmp_path / "out" / "results.md").read_text()  # still in the tables
 
 
 def test_report_marks_missing_results(tmp_path):
