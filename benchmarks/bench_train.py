@@ -54,6 +54,9 @@ def main() -> int:
     import torch
 
     import train_accelerate as ta
+    from facap_train.loop import iterate_batches
+    from facap_train.optim import optimizer_step
+    from facap_train.options import parse_args
     from facap_dataset.synthetic import build_synthetic
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -62,13 +65,13 @@ def main() -> int:
                                   hard_negatives=options.hard_negatives)
         argv = ["--config", str(options.config), "--dataset", str(dataset), "--output-dir", str(Path(scratch) / "run"),
                 "--max-steps", "100000", "--report-to", "none", *options.train_options]  # fmt: skip
-        args = ta.parse_args(argv)
+        args = parse_args(argv)
         run = ta.setup(args)
-        batches = ta.iterate_batches(run.loader, run.plan.batches_per_epoch, 0)
+        batches = iterate_batches(run.loader, run.plan.batches_per_epoch, 0)
         counter = itertools.count(1)
 
         def trainer_step() -> None:
-            ta.optimizer_step(run.accelerator, run.model, run.optimizer, run.scheduler, batches, args, next(counter))
+            optimizer_step(run.accelerator, run.model, run.optimizer, run.scheduler, batches, run.plan, next(counter))
 
         collated = [next(batches) for _ in range(8)]
         cycle = itertools.cycle(collated)

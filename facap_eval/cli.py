@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import sys
 
 from facap_dataset.errors import DataError
@@ -15,6 +14,7 @@ from facap_io.errors import FacapError
 from facap_retrieval.ranking import DEFAULT_CHUNK_BYTES
 from facap_retrieval.report import check_report_folder
 
+from .distributed import launched_accelerator, launched_processes
 from .errors import EvalError
 from .evaluation import evaluate, evaluate_baseline
 from .model import load_model_and_processor, resolve_device
@@ -50,7 +50,9 @@ def _notes_to_stderr():
 def _run(args: argparse.Namespace) -> int:
     protocol = protocol_from_args(args)
     check_output_places(args)
-    accelerator = launched_accelerator(args.device)
+    if args.device is not None and launched_processes() > 1:
+        raise EvalError(f"--device {args.device} cannot be combined with a multi-process launch: each process uses its own")
+    accelerator = launched_accelerator()
     run = runtime_from_args(args, accelerator)
     device = None if accelerator is not None else resolve_device(args.device)
     model, processor = load_model_and_processor(args.model, device, trust_remote_code=args.trust_remote_code)
@@ -101,14 +103,3 @@ def check_output_places(args: argparse.Namespace) -> None:
             check_writable(place, what=option, folder=True)
     if args.report is not None:
         check_report_folder(args.report)
-
-
-def launched_accelerator(device: str | None):
-    """An `accelerate.Accelerator` when launched with several processes (`accelerate launch`), else None."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return None
-    if device is not None:
-        raise EvalError(f"--device {device} cannot be combined with a multi-process launch: each process uses its own")
-    from accelerate import Accelerator
-
-    return Accelerator()

@@ -21,6 +21,7 @@ from facap_dataset.errors import DataError
 from facap_dataset.export import read_card_data
 from facap_dataset.loading import OpenedDataset, open_dataset
 from facap_dataset.schema import gallery_config
+from facap_io.lists import parse_list
 from facap_retrieval.cache import gallery_fingerprint
 from facap_retrieval.ranking import RetrievalError
 
@@ -56,9 +57,14 @@ class ConfigData:
 
 
 def config_names(configs: Sequence[str] | str) -> list[str]:
-    names = [c.strip() for c in configs.split(",")] if isinstance(configs, str) else [str(c) for c in configs]
-    if not names or any(not n for n in names) or len(set(names)) != len(names):
-        raise EvalError(f"configs must be distinct non-empty names, got {configs!r}")
+    """The triplet config names of a comma list or a sequence (the project's list rule); EvalError unless
+    at least one is given and none repeats."""
+    try:
+        names = parse_list(configs, what="config")
+    except ValueError as error:
+        raise EvalError(f"configs: {error}") from None
+    if len(set(names)) != len(names):
+        raise EvalError(f"configs must be distinct names, got {configs!r}")
     return names
 
 

@@ -11,15 +11,49 @@ With `accelerator=None` (or one process) every function is the identity of the s
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Callable, TypeVar
 
 import torch
 
-from facap_io.errors import FacapError
-
 from .errors import EvalError
 
 T = TypeVar("T")
+
+
+def launched_processes() -> int:
+    """How many processes a launcher (`accelerate launch`, `torchrun`) started: its WORLD_SIZE, else 1."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def launched_on_cpu() -> bool:
+    """Several launched processes on a machine without an accelerator device.
+
+    Accelerate forms a gloo process group for them only when told `cpu=True`; otherwise each process would
+    silently run alone (and `accelerate launch --cpu` starts a single process).
+    """
+    import torch
+    from accelerate.utils import is_mps_available, is_npu_available, is_xpu_available
+
+    devices = torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available()
+    return launched_processes() > 1 and not devices
+
+
+def launched_accelerator():
+    """An `accelerate.Accelerator` spanning the launched processes, or None for a single process.
+
+    Raises EvalError when Accelerate does not join every launched process (each would evaluate alone)."""
+    if launched_processes() <= 1:
+        return None
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=launched_on_cpu())
+    if accelerator.num_processes != launched_processes():
+        raise EvalError(
+            f"{launched_processes()} processes were launched but Accelerate joined {accelerator.num_processes}: "
+            "launch with `accelerate launch --multi_gpu --num_processes N` (on CPU too; `--cpu` starts one process)"
+        )
+    return accelerator
 
 
 def _is_distributed(accelerator) -> bool:
@@ -63,19 +97,20 @@ def gather_rows(accelerator, rows: torch.Tensor | None) -> torch.Tensor:
     if rows is not None and len(rows):
         padded[: len(rows)] = rows.to(accelerator.device)
     gathered = accelerator.gather(padded).reshape(len(lengths), longest, *trailing)
-    return torch.cat([gathered[p, :n] for p, n in enumerate(lengths)]).cpu()
+    return torch.cat([gathered[p, :n] for p, n in enumerate(lengths)])
 
 
 def agree(accelerator, action: Callable[[], T]) -> T:
     """Run `action` on every process; when it fails on any process, raise on every process.
 
-    The failing process raises its own error; the others raise an EvalError quoting it.
+    The failing process raises its own error; the others raise an EvalError quoting it. Used around every
+    step that precedes a collective, so that one process's bad input never leaves the others waiting.
     """
     if not _is_distributed(accelerator):
         return action()
     try:
         result, failure = action(), None
-    except FacapError as error:
+    except Exception as error:  # noqa: BLE001 - whatever failed here, the other processes must not wait for it
         result, failure = None, error
     failures = gather_objects(accelerator, None if failure is None else str(failure))
     if failure is not None:

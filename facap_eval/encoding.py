@@ -23,7 +23,7 @@ from facap_dataset.errors import DataError
 from facap_dataset.images import load_rgb
 from facap_retrieval.ranking import inner_product
 
-from .distributed import gather_rows, shard
+from .distributed import agree, gather_rows, shard
 from .protocol import Runtime
 
 
@@ -60,15 +60,19 @@ class Encoder:
 
     def _encode(self, rows: datasets.Dataset, collate, embed, description: str) -> torch.Tensor:
         mine = shard(len(rows), self.run.accelerator)
+        encoded = agree(self.run.accelerator, lambda: self._encode_rows(rows, mine, collate, embed, description))
+        return gather_rows(self.run.accelerator, encoded)
+
+    def _encode_rows(self, rows: datasets.Dataset, mine: range, collate, embed, description: str) -> torch.Tensor | None:
+        """The rows `mine` of `rows`, encoded; None when there are none."""
+        if len(mine) == 0:
+            return None
+        loader = DataLoader(rows.select(mine), batch_size=self.run.batch_size, num_workers=self.run.num_workers, collate_fn=collate)
         parts = []
-        if len(mine):
-            loader = DataLoader(
-                rows.select(mine), batch_size=self.run.batch_size, num_workers=self.run.num_workers, collate_fn=collate
-            )
-            for batch in tqdm(loader, desc=description, disable=not self.run.progress, file=sys.stderr, leave=False):
-                with self._autocast():
-                    parts.append(embed(batch).to(self.run.dtype))
-        return gather_rows(self.run.accelerator, torch.cat(parts) if parts else None)
+        for batch in tqdm(loader, desc=description, disable=not self.run.progress, file=sys.stderr, leave=False):
+            with self._autocast():
+                parts.append(embed(batch).to(self.run.dtype))
+        return torch.cat(parts)
 
     def _autocast(self):
         # Mixed precision only on accelerators; on CPU the precision is the embeddings' storage type.

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -30,7 +29,7 @@ from .distributed import agree, check_same
 from .encoding import Encoder, score_fn
 from .errors import EvalError
 from .gallery import GalleryEmbeddings, embed_gallery
-from .model import check_compatible, place_model
+from .model import check_compatible, evaluation_mode, place_model
 from .outputs import write_predictions
 from .protocol import (
     BASELINES,
@@ -53,7 +52,7 @@ class ConfigResult:
     """One config's ranking and numbers (main process)."""
 
     data: ConfigData
-    gallery: GalleryEmbeddings
+    cache: str  # the gallery cache state
     ranking: Ranking
     subsets: cirr.SubsetRanking | None
     metrics: dict
@@ -103,16 +102,21 @@ def _evaluate(model, processor, dataset, configs, protocol: Protocol, run: Runti
     accelerator = run.accelerator
     opened, planned = agree(accelerator, lambda: _prepare(dataset, names, protocol, run))
     check_same(accelerator, "data", _identity(planned, protocol))
-    with _eval_mode(model):
+    with evaluation_mode(model):
         encoder = Encoder(model, processor, run, place_model(model, run.device, accelerator))
         model_fp = model_fingerprint(model, processor)
-        encoded = {name: _encode(encoder, data, mode, protocol, model_fp) for name, data in planned.items()}
-        if not run.is_main_process:
-            return None
-        results = {name: _score(model, data, *encoded[name], protocol) for name, data in planned.items()}
+        check_same(accelerator, "models", {"model fingerprint": model_fp})
+        results = {}
+        for name, data in planned.items():  # one config at a time: its embeddings are freed before the next
+            gallery, queries = _encode(encoder, data, mode, protocol, model_fp)
+            # ranked on the main process; `agree` keeps the others from waiting on a failed main process
+            score = lambda: _score(model, data, gallery, queries, protocol) if run.is_main_process else None  # noqa: E731
+            results[name] = agree(accelerator, score)
+    if not run.is_main_process:
+        return None
     identity = {"model": _model_identity(model, model_fp), "dataset": dataset_identity(opened, dataset)}
     output = {
-        "protocol": _protocol_block(results, protocol, run, mode, str(encoder.device), identity),
+        "protocol": _protocol_block(results, protocol, run, mode, encoder.device.type, identity),
         "configs": {name: result.metrics for name, result in results.items()},
         "average": _average(results),
     }
@@ -129,6 +133,8 @@ def _prepare(dataset, names, protocol: Protocol, run: Runtime):
                         (run.cache_dir, "cache folder")):  # fmt: skip
         if place is not None:
             check_writable(place, what=what, folder=True)
+    if run.report_dir is not None:
+        check_report_folder(run.report_dir)
     for data in planned.values():
         if data.benchmark == CIRR and run.predictions_dir is not None:
             if cirr.PAIR_ID_COLUMN not in data.triplets.column_names:
@@ -185,7 +191,7 @@ def _score(model, data: ConfigData, gallery: GalleryEmbeddings, queries: torch.T
     if subsets is not None and not data.hidden_targets:
         metrics.update(cirr.subset_recall(subsets))
     metrics.update(num_queries=len(data.triplets), gallery_size=len(data.gallery_ids))
-    return ConfigResult(data, gallery, ranking, subsets, metrics)
+    return ConfigResult(data, gallery.cache, ranking, subsets, metrics)
 
 
 def _average(results: dict[str, ConfigResult]) -> dict | None:
@@ -248,7 +254,7 @@ def _protocol_block(results, protocol: Protocol, run: Runtime, mode: str, device
         "batch_size": run.batch_size,
         "model": identity["model"],
         "dataset": {**identity["dataset"], "gallery_fingerprints": per_config(lambda r: r.data.gallery_fingerprint)},
-        "gallery_cache": per_config(lambda r: r.gallery.cache),
+        "gallery_cache": per_config(lambda r: r.cache),
     }
     if first.benchmark == CIRR:
         block["subset_k_values"] = list(CIRR_SUBSET_K_VALUES)
@@ -276,15 +282,3 @@ def _write_outputs(results: dict[str, ConfigResult], output: dict, protocol: Pro
     if run.report_dir is not None:
         sections = {name: (r.data.triplets, r.data.gallery, r.ranking) for name, r in results.items()}
         write_report(run.report_dir, sections, output, caption_join=protocol.caption_join, num_samples=run.report_samples)
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    """Evaluate in eval mode without grad and give the model back in the mode it came in."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)

@@ -18,9 +18,9 @@ from facap_retrieval.cache import (
     save_cached_gallery,
 )
 
-from .distributed import gather_objects
+from .distributed import agree, gather_objects
 from .encoding import Encoder
-from .model import place_model
+from .model import evaluation_mode, place_model
 from .protocol import Runtime
 
 logger = logging.getLogger(__name__)
@@ -59,11 +59,12 @@ def gallery_embeddings(
     `name` labels progress and messages; `model_fp` is `facap_retrieval.cache.model_fingerprint(model,
     processor)` when the caller has it. With `run.accelerator` of N processes, each encodes a contiguous slice;
     the main process gets the whole gallery and the others get None. The model stays on its device unless
-    `run.device` names another; call it under `torch.inference_mode()`.
+    `run.device` names another (or the accelerator's), and comes back in the train/eval mode it had.
     """
     device = place_model(model, run.device, run.accelerator)
-    encoder = Encoder(model, processor, run, device)
-    embedded = embed_gallery(encoder, gallery, gallery_ids(gallery, name), gallery_fingerprint(gallery), model_fp, name)
+    ids, fingerprint = gallery_ids(gallery, name), gallery_fingerprint(gallery)
+    with evaluation_mode(model):
+        embedded = embed_gallery(Encoder(model, processor, run, device), gallery, ids, fingerprint, model_fp, name)
     return embedded if run.is_main_process else None
 
 
@@ -93,8 +94,6 @@ def embed_gallery(
     if all(gather_objects(run.accelerator, cached is not None)):
         return GalleryEmbeddings(cached.to(encoder.device), ids, fingerprint, "hit")
     embeddings = encoder.gallery(gallery, f"{name} gallery")
-    if run.is_main_process:
-        save_cached_gallery(run.cache_dir, key, embeddings, ids)
-    if run.accelerator is not None:
-        run.accelerator.wait_for_everyone()
+    # written once, by the main process; `agree` is also the barrier after which every process may read it
+    agree(run.accelerator, lambda: save_cached_gallery(run.cache_dir, key, embeddings, ids) if run.is_main_process else None)
     return GalleryEmbeddings(embeddings, ids, fingerprint, state)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Iterator
 
 import torch
 
@@ -68,6 +70,18 @@ def place_model(model, device: str | torch.device | None = None, accelerator=Non
         return next(model.parameters()).device
     model.to(target)
     return target
+
+
+@contextlib.contextmanager
+def evaluation_mode(model) -> Iterator[None]:
+    """Eval mode without grad for the block; the model comes back in the train/eval mode it had."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _first_line(error: BaseException) -> str:

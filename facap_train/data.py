@@ -14,14 +14,15 @@ from typing import Any, Iterator, Sequence
 import datasets
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from facap_dataset.captions import CAPTION_JOIN_RULES, join_captions
 from facap_dataset.errors import DataError, SchemaError
 from facap_dataset.images import load_rgb
-from facap_dataset.loading import resolve as resolve_dataset
+from facap_dataset.loading import OpenedDataset, open_dataset
 from facap_dataset.schema import NEGATIVE_IMAGE_COLUMN
 
-# The columns training reads (DESIGN.md 3.2), plus the optional hard negative; anything else a dataset carries
+# The columns training reads, plus the optional hard negative; anything else a dataset carries
 # is dropped before mixing.
 TRIPLET_COLUMNS = ("captions", "reference_image", "target_image")
 # image column -> the model argument `{role}_pixel_values` it feeds
@@ -49,60 +50,49 @@ class TrainingTriplets:
 
 
 def load_training_triplets(
-    datasets_: Sequence[str], configs: Sequence[str], split: str = "train", *, hard_negatives: bool = True
+    datasets_: Sequence[OpenedDataset | str], configs: Sequence[str], split: str = "train", *, hard_negatives: bool = True
 ) -> TrainingTriplets:
-    """Load `split` of every requested config of every dataset and concatenate them.
+    """Load `split` of every requested config of every dataset (opened with `facap_dataset.loading.open_dataset`,
+    or a name to open) and concatenate them.
 
     Each config must exist in at least one dataset; a config that a dataset lacks is simply not taken from
     it (so FACap and Fashion IQ folders can be mixed with `--configs dress,shirt,toptee,...`). The
     `negative_image` column is kept when `hard_negatives` and every part has it; parts that disagree are an
-    error rather than a silent drop.
+    error rather than a silent drop. A shard that cannot be read is a DataError naming the dataset and config.
     """
-    available = {name: _config_names(name) for name in datasets_}
+    opened = [d if isinstance(d, OpenedDataset) else open_dataset(d) for d in datasets_]
     for config in configs:
-        if not any(config in names for names in available.values()):
-            listing = "; ".join(f"{name}: {', '.join(sorted(names))}" for name, names in available.items())
+        if not any(config in dataset.configs for dataset in opened):
+            listing = "; ".join(f"{d.name}: {', '.join(sorted(d.configs))}" for d in opened)
             raise DataError(f"unknown dataset config {config!r} (available configs: {listing})")
-    keys = [(name, config) for name in datasets_ for config in configs if config in available[name]]
-    parts = [_load_split(name, config, split) for name, config in keys]
+    keys = [(dataset, config) for dataset in opened for config in configs if config in dataset.configs]
+    parts = [_load_split(dataset, config, split) for dataset, config in keys]
     with_negatives = [NEGATIVE_IMAGE_COLUMN in part.column_names for part in parts]
     use_negatives = hard_negatives and all(with_negatives)
     if hard_negatives and any(with_negatives) and not use_negatives:
-        lacking = ", ".join(f"{name}:{config}" for (name, config), has in zip(keys, with_negatives) if not has)
+        lacking = ", ".join(f"{d.name}:{config}" for (d, config), has in zip(keys, with_negatives) if not has)
         raise DataError(f"{lacking} lack(s) the {NEGATIVE_IMAGE_COLUMN!r} column that the other training data "
                         "has; train with --no-hard-negatives to use none")
     if not use_negatives:
         parts = [part.remove_columns([NEGATIVE_IMAGE_COLUMN]) if has else part
                  for part, has in zip(parts, with_negatives)]
     note = ", with hard negatives" if use_negatives else ""
-    sources = [f"{name}:{config} ({len(part)} triplets{note})" for (name, config), part in zip(keys, parts)]
+    sources = [f"{d.name}:{config} ({len(part)} triplets{note})" for (d, config), part in zip(keys, parts)]
     table = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if len(table) == 0:
         raise DataError(f"the {split!r} split of {', '.join(sources)} is empty")
     return TrainingTriplets(table=table, sources=tuple(sources))
 
 
-def _config_names(name: str) -> set[str]:
-    try:
-        resolve_dataset(name)  # facap_dataset's rule: a cwd folder never silently shadows a Hub id
-        return set(datasets.get_dataset_config_names(name))
-    except (FileNotFoundError, ConnectionError) as error:
-        raise DataError(f"dataset {name!r} cannot be opened (not a built dataset folder, or a Hub id while "
-                        f"offline): {error}") from error
-
-
-def _load_split(name: str, config: str, split: str) -> datasets.Dataset:
-    # The card's split sizes tell an absent or empty split apart before `datasets` fails on it obscurely.
-    splits = datasets.load_dataset_builder(name, config).info.splits
-    if splits and split not in splits:
-        raise DataError(f"dataset {name!r} config {config!r} has no {split!r} split (splits: {', '.join(splits)})")
-    if splits and splits[split].num_examples == 0:
-        raise DataError(f"the {split!r} split of {name}:{config} is empty")
-    part = datasets.load_dataset(name, config, split=split)
+def _load_split(dataset: OpenedDataset, config: str, split: str) -> datasets.Dataset:
+    # The card's split sizes tell an empty split apart before `datasets` fails on it obscurely.
+    if dataset.split_sizes(config).get(split) == 0:
+        raise DataError(f"the {split!r} split of {dataset.name}:{config} is empty")
+    part = dataset.load_split(config, split)
     missing = [column for column in TRIPLET_COLUMNS if column not in part.column_names]
     if missing:
         raise SchemaError(
-            f"dataset {name!r} config {config!r} lacks the triplet column(s) {', '.join(missing)} "
+            f"dataset {dataset.name!r} config {config!r} lacks the triplet column(s) {', '.join(missing)} "
             f"(it has {', '.join(part.column_names)}); is it a gallery config?"
         )
     part = part.select_columns([column for column in (*TRIPLET_COLUMNS, NEGATIVE_IMAGE_COLUMN)
@@ -128,9 +118,8 @@ class TripletDataset(torch.utils.data.Dataset):
     """Map-style view of the training triplets: reference, target and, when the table has it, the hard negative
     (decoded RGB images, or rows of `pixels` from `preprocess_pixels`) and the augmented query text.
 
-    The caption variant of example `i` in epoch `e` is drawn from `Random(f"{seed}-{e}-{i}")`; the epoch
-    is set by Accelerate's `DataLoaderShard.set_epoch` before each epoch's iterator (and its workers)
-    is created.
+    The caption variant of example `i` in epoch `e` is drawn from `Random(f"{seed}-{e}-{i}")`; the trainer
+    sets the epoch (`facap_train.loop.set_epoch`) before each epoch's iterator (and its workers) is created.
     """
 
     def __init__(
@@ -238,8 +227,6 @@ def preprocess_pixels(table: datasets.Dataset, processor, *, batch_size: int = 2
     saves decoding and processing K x batch images per step (the input pipeline's main CPU cost), at
     N x K x 3 x S x S x 4 bytes of memory (2.2 GB for `make demo`'s 15,000 triplets at 64 px with hard negatives, K = 3).
     """
-    from tqdm.auto import tqdm
-
     dataset = TripletDataset(table, seed=0, caption_augmentation="none")
     chunks = []
     for start in tqdm(range(0, len(table), batch_size), desc="caching pixels", disable=not progress):

@@ -1,6 +1,6 @@
 """FashionBLIP-2 configuration.
 
-Remote-code rule (DESIGN 4.3): this file is copied next to saved weights and imported by transformers as a
+Remote-code rule: this file is copied next to saved weights and imported by transformers as a
 dynamic module, so it imports only transformers/torch/stdlib and its flat siblings (`from .x import Y`).
 """
 
@@ -12,6 +12,15 @@ from transformers import PreTrainedConfig
 from transformers.models.blip_2.configuration_blip_2 import Blip2QFormerConfig, Blip2VisionConfig
 
 MATCHING_MODES = ("multihead", "max")
+# The custom pipeline saved with every model (transformers' `custom_pipelines` config entry): the flat sibling
+# `pipeline_fashionblip2.py` holds the class, loaded with `pipeline(task, model=..., trust_remote_code=True)`.
+CUSTOM_PIPELINES = {
+    "composed-image-retrieval": {
+        "impl": "pipeline_fashionblip2.ComposedImageRetrievalPipeline",
+        "pt": ["AutoModel"],
+        "type": "multimodal",
+    }
+}
 
 # Presets for random-init models. `tiny` serves tests, `demo` the CPU demo; `blip2-vit-g` is the architecture of
 # Salesforce/blip2-itm-vit-g (a random model of that shape, e.g. for parameter counts on the meta device; real
@@ -131,6 +140,8 @@ class FashionBlip2Config(PreTrainedConfig):
         (image-only similarity ranks it first), and in-batch targets rarely resemble it.
     max_text_length (`int`): longest accepted `input_ids`; the processor truncates to it.
     preset (`str`, *optional*): name of the preset this config came from (recorded for model cards).
+    custom_pipelines (`dict`, *optional*): transformers' custom-pipeline entry; defaults to the
+        `composed-image-retrieval` pipeline saved with the model.
     """
 
     model_type = "fashionblip2"
@@ -152,6 +163,7 @@ class FashionBlip2Config(PreTrainedConfig):
     max_text_length: int = 64
     preset: str | None = None
     initializer_range: float = 0.02
+    custom_pipelines: dict | None = None
 
     def __post_init__(self, **kwargs):
         self.vision_config = _as_config(self.vision_config, Blip2VisionConfig)
@@ -159,6 +171,8 @@ class FashionBlip2Config(PreTrainedConfig):
         # A stand-alone Blip2QFormerConfig keeps BLIP-2's 1408 here; cross-attention reads the vision width.
         self.qformer_config.encoder_hidden_size = self.vision_config.hidden_size
         self.qformer_config.use_qformer_text_input = True
+        if self.custom_pipelines is None:
+            self.custom_pipelines = copy.deepcopy(CUSTOM_PIPELINES)
         super().__post_init__(**kwargs)
         self._check_fields()
 
@@ -222,4 +236,4 @@ def _as_config(value, config_class):
     raise TypeError(f"expected a dict or {config_class.__name__}, got {type(value).__name__}")
 
 
-__all__ = ["FashionBlip2Config", "PRESETS", "MATCHING_MODES"]
+__all__ = ["CUSTOM_PIPELINES", "FashionBlip2Config", "PRESETS", "MATCHING_MODES"]

@@ -1,8 +1,8 @@
 """FashionBLIP-2 processor: BLIP's image processor (Pillow backend unless torchvision is installed) with the
 optional Fashion IQ "target pad", and a BERT WordPiece tokenizer.
 
-Remote-code rule (DESIGN 4.3): copied next to saved weights; imports only transformers, tokenizers, PIL and the
-standard library.
+Remote-code rule: copied next to saved weights and imported without this package, so it imports only
+transformers, tokenizers, PIL and the standard library.
 """
 
 from __future__ import annotations

@@ -171,3 +171,18 @@ def test_truncated_model_weights(setup, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"cannot load a model from {model}" in err.strip().splitlines()[-1]
+
+
+def test_folder_code_never_runs_without_trust_remote_code(setup, tmp_path, capsys):
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "foreign"
+    folder.mkdir()
+    config = {"model_type": "foreign-cir", "auto_map": {"AutoConfig": "modeling_foreign.Config", "AutoModel": "modeling_foreign.Model"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_foreign.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    code = eval_cir.main(_base(folder, setup["dataset"]))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert str(folder) in last and "--trust-remote-code" in last
+    assert not marker.exists()

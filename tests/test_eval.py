@@ -104,9 +104,8 @@ def dataset_dir(tmp_path_factory):
     return write_dataset(out, {**_config("dress", 0), **_config("shirt", 100)}, card=card)
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A random tiny model and its processor, plus the same saved as a model folder."""
+def tiny_model_and_processor():
+    """A random tiny FashionBLIP-2 whose images embed apart, and a processor for 32 px images and WORDS."""
     from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
 
     torch.manual_seed(0)
@@ -115,7 +114,13 @@ def tiny(tmp_path_factory):
         for parameter in model.parameters():
             if parameter.ndim >= 2:
                 parameter.normal_(0.0, 0.3)
-    processor = FashionBlip2Processor.from_texts(WORDS, image_size=32, max_text_length=32)
+    return model, FashionBlip2Processor.from_texts(WORDS, image_size=32, max_text_length=32)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A random tiny model and its processor, plus the same saved as a model folder."""
+    model, processor = tiny_model_and_processor()
     folder = tmp_path_factory.mktemp("model") / "tiny"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -359,8 +364,10 @@ def test_bad_options(tiny, dataset_dir):
         evaluate(model, processor, dataset_dir, "dress", caption_join="third")
     with pytest.raises(EvalError, match="unknown precision"):
         evaluate(model, processor, dataset_dir, "dress", precision="int4")
-    with pytest.raises(EvalError, match="distinct non-empty"):
+    with pytest.raises(EvalError, match="configs must be distinct names, got 'dress,dress'"):
         evaluate(model, processor, dataset_dir, "dress,dress")
+    with pytest.raises(EvalError, match="expected a comma-separated list of configs"):
+        evaluate(model, processor, dataset_dir, [])
     with pytest.raises(EvalError, match="unknown breakdown 'colour'"):
         evaluate(model, processor, dataset_dir, "dress", breakdowns=("colour",))
     with pytest.raises(DataError, match="no dataset folder"):
@@ -401,3 +408,37 @@ def test_worker_processes_give_the_same_numbers(tiny, dataset_dir, results):
     model, processor, _ = tiny
     with_workers = evaluate(model, processor, dataset_dir, "dress", progress=False, num_workers=1, batch_size=5)
     assert with_workers["configs"]["dress"] == pytest.approx(results["configs"]["dress"])
+
+
+def test_k_above_gallery_dropped_with_a_note(tiny_model_dir, synthetic_dir):
+    """Training-time rule: a K larger than a gallery is dropped for it, with the note in the results."""
+    model, processor = load_model_and_processor(tiny_model_dir, "cpu")
+    results = evaluate(model, processor, synthetic_dir, ["dress", "shirt"], progress=False, k_above_gallery="drop")
+    assert set(results["configs"]["dress"]) == {"recall@1", "recall@5", "recall@10", "num_queries", "gallery_size"}
+    assert results["protocol"]["dropped_k_values"] == {"dress": [50], "shirt": [50]}
+    assert results["protocol"]["notes"] == [
+        "dress: K=50 dropped, larger than its gallery of 28 images",
+        "shirt: K=50 dropped, larger than its gallery of 28 images",
+    ]
+    assert "recall@50" not in results["average"] and results["average"]["mean"] is None
+    assert "note: dress: K=50 dropped" in format_results_table(results)
+    with pytest.raises(RetrievalError, match="k=50 is larger than the gallery"):
+        evaluate(model, processor, synthetic_dir, "dress", progress=False, k_values=[50], k_above_gallery="drop")
+
+
+def test_gallery_embeddings_share_the_cache_with_evaluate(tiny, dataset_dir, tmp_path, results):
+    import datasets
+
+    model, processor, _ = tiny
+    gallery = datasets.load_dataset(str(dataset_dir), "dress-gallery", split="validation")
+    run = Runtime(progress=False, cache_dir=tmp_path)
+    with torch.inference_mode():
+        first = facap_eval.gallery_embeddings(model, processor, gallery, name="dress", run=run)
+    assert isinstance(first, facap_eval.GalleryEmbeddings) and first.cache == "miss"
+    assert first.embeddings.shape[0] == GALLERY_SIZE and first.ids == tuple(gallery["image_id"])
+    assert first.fingerprint == results["protocol"]["dataset"]["gallery_fingerprints"]["dress"]
+    again = evaluate(model, processor, dataset_dir, "dress", progress=False, cache_dir=tmp_path)
+    assert again["protocol"]["gallery_cache"] == {"dress": "hit"}
+    assert again["configs"]["dress"] == results["configs"]["dress"]
+    with pytest.raises(DataError, match="duplicate image id 'dress000'"):
+        facap_eval.gallery_embeddings(model, processor, datasets.concatenate_datasets([gallery, gallery]), run=run)

@@ -92,8 +92,11 @@ def test_embeddings_are_unit_rows_and_score_is_mean_row_cosine(batch):
     with torch.no_grad():
         queries = model.get_query_embeddings(images, texts, mask)
         candidates = model.get_candidate_embeddings(batch["target_pixel_values"])
-        query_rows = _head_rows(model, model.encode_query(images, texts, mask)[:, : model.config.num_query_tokens])
-        candidate_rows = _head_rows(model, model.encode_candidate(batch["target_pixel_values"]))
+        query_states = model.get_query_states(model.get_vision_tokens(images), texts, mask)
+        query_rows = _head_rows(model, query_states[:, : model.config.num_query_tokens])
+        candidate_rows = _head_rows(
+            model, model.get_candidate_states(model.get_vision_tokens(batch["target_pixel_values"]))
+        )
     assert queries.shape == candidates.shape == (len(TEXTS), model.config.embedding_dim)
     torch.testing.assert_close(queries.norm(dim=-1), torch.ones(len(TEXTS)))
     mean_cosine = torch.einsum("qhd,chd->qch", query_rows, candidate_rows).mean(dim=-1)
@@ -113,7 +116,7 @@ def test_adapters_start_as_identity_and_vision_can_be_frozen(batch):
     pixels = batch["reference_pixel_values"]
     with torch.no_grad():
         torch.testing.assert_close(
-            model.get_image_features(pixels), model.vision_model(pixel_values=pixels).last_hidden_state
+            model.get_vision_tokens(pixels), model.vision_model(pixel_values=pixels).last_hidden_state
         )
     assert not any(p.requires_grad for p in model.vision_model.parameters())
     assert all(p.requires_grad for p in model.adapters.parameters())
@@ -384,7 +387,72 @@ def test_saved_folder_lists_the_remote_code(tiny_model_dir):
     processor_config = json.loads((tiny_model_dir / "processor_config.json").read_text())
     assert processor_config["auto_map"]["AutoProcessor"] == "processing_fashionblip2.FashionBlip2Processor"
     for name in ("configuration_fashionblip2.py", "modeling_fashionblip2.py", "processing_fashionblip2.py",
-                 "model.safetensors"):
+                 "convert.py", "pipeline_fashionblip2.py", "model.safetensors"):
         assert (tiny_model_dir / name).is_file(), name
     assert not list(tiny_model_dir.glob("*.bin")) and not (tiny_model_dir / "__init__.py").exists()
     assert math.isfinite(config["temperature_init"])
+
+
+# ------------------------------------------------------------------------------------------------------ structure
+def test_interpolate_pos_encoding_follows_blip2_vision_model():
+    model = tiny_model(freeze_vision=True).eval()  # adapters start at zero: the tokens are BLIP-2's
+    pixels = torch.randn(2, 3, 48, 40, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        tokens = model.get_vision_tokens(pixels, interpolate_pos_encoding=True)
+        expected = model.vision_model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state
+        embeds = model.get_candidate_embeddings(pixels, interpolate_pos_encoding=True)
+    assert tokens.shape == (2, 1 + (48 // 8) * (40 // 8), 32)
+    torch.testing.assert_close(tokens, expected)
+    assert embeds.shape == (2, model.config.embedding_dim)
+    with pytest.raises(ValueError, match=r"expected \(batch_size, 3, 32, 32\).*interpolate_pos_encoding=True"):
+        model.get_vision_tokens(pixels)
+
+
+@pytest.mark.parametrize("matching", ["multihead", "max"])
+def test_contrastive_loss_owns_labels_and_scores_through_the_matching_mode(matching):
+    from modeling_fashionblip2 import ContrastiveLoss, score_embeddings
+
+    generator = torch.Generator().manual_seed(4)
+    shape = (4, 16) if matching == "multihead" else (4, 3, 16)
+    queries = torch.nn.functional.normalize(torch.randn(4, 16, generator=generator), dim=-1)
+    targets = torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)
+    extras = torch.nn.functional.normalize(torch.randn(2, *shape[1:], generator=generator), dim=-1)
+    loss_fn = ContrastiveLoss(matching)
+    loss, logits = loss_fn(queries, targets, extras, torch.tensor(0.1))
+    expected = score_embeddings(queries, torch.cat([targets, extras]), matching) / 0.1
+    torch.testing.assert_close(logits, expected)
+    torch.testing.assert_close(loss, torch.nn.functional.cross_entropy(expected, torch.arange(4)))
+    assert loss_fn.get_labels(4, torch.device("cpu")) is loss_fn.get_labels(4, torch.device("cpu"))  # cached
+    no_extras, _ = loss_fn(queries, targets, None, torch.tensor(0.1))
+    assert no_extras < loss  # same positives, fewer negatives
+
+
+REMOTE_FILES = ("configuration_fashionblip2.py", "modeling_fashionblip2.py", "processing_fashionblip2.py",
+                "convert.py", "pipeline_fashionblip2.py")
+REMOTE_IMPORTS = {"__future__", "collections", "copy", "dataclasses", "json", "math", "os", "typing", "torch",
+                  "transformers", "safetensors", "huggingface_hub", "tokenizers", "PIL"}
+
+
+@pytest.mark.parametrize("name", REMOTE_FILES)
+def test_remote_code_files_import_nothing_of_ours(name):
+    import ast
+    from pathlib import Path
+
+    import modeling_fashionblip2
+
+    source = (Path(modeling_fashionblip2.__file__).parent / name).read_text()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.level:
+            assert "." not in (node.module or "") and node.module, f"{name}: only flat siblings, got {node.module}"
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            assert {m.split(".")[0] for m in modules} <= REMOTE_IMPORTS, f"{name} imports {modules}"
+    assert "DESIGN" not in source
+
+
+def test_no_blip2_method_name_is_shadowed_with_another_return_type():
+    from transformers import Blip2ForImageTextRetrieval, Blip2Model
+
+    blip2_methods = {n for cls in (Blip2Model, Blip2ForImageTextRetrieval) for n in dir(cls) if n.startswith("get_")}
+    ours = {n for n in vars(FashionBlip2Model) if n.startswith("get_")}
+    assert not ours & blip2_methods, ours & blip2_methods

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from modeling_fashionblip2 import CheckpointError, FashionBlip2Model, FashionBlip2Processor
+from modeling_fashionblip2 import ConversionError, FashionBlip2Model, FashionBlip2Processor
 
 ATOL = 1e-5
 NEW_PARTS = ("adapters.", "matching_head.token_mix.", "temperature")
@@ -51,7 +51,7 @@ def test_vision_features_equal_blip2_with_adapters_at_init(blip2, converted, bat
     model, info = converted
     with torch.no_grad():
         expected = blip2[0].vision_model(pixel_values=batch["pixel_values"]).last_hidden_state
-        actual = model.get_image_features(batch["pixel_values"])
+        actual = model.get_vision_tokens(batch["pixel_values"])
     assert len(model.adapters) == model.config.vision_config.num_hidden_layers
     torch.testing.assert_close(actual, expected, atol=ATOL, rtol=0)
 
@@ -66,7 +66,7 @@ def test_candidate_branch_equals_blip2_itc_image_pass(blip2, converted, batch): 
         handle.remove()
     image_pass = captured[0].last_hidden_state  # ITC: first the query-only image pass, then the text pass
     with torch.no_grad():
-        actual = converted[0].encode_candidate(batch["pixel_values"])
+        actual = converted[0].get_candidate_states(converted[0].get_vision_tokens(batch["pixel_values"]))
     assert actual.shape == image_pass.shape
     torch.testing.assert_close(actual, image_pass, atol=ATOL, rtol=0)
 
@@ -74,7 +74,8 @@ def test_candidate_branch_equals_blip2_itc_image_pass(blip2, converted, batch): 
 def test_query_branch_equals_blip2_itm_pass(blip2, converted, batch):  # (c)
     with torch.no_grad():
         itm = blip2[0](**batch, use_image_text_matching_head=True).text_model_output.last_hidden_state
-        actual = converted[0].encode_query(batch["pixel_values"], batch["input_ids"], batch["attention_mask"])
+        vision_tokens = converted[0].get_vision_tokens(batch["pixel_values"])
+        actual = converted[0].get_query_states(vision_tokens, batch["input_ids"], batch["attention_mask"])
     torch.testing.assert_close(actual, itm, atol=ATOL, rtol=0)
 
 
@@ -132,14 +133,14 @@ def _copy_checkpoint(source, target, *, drop_prefix=None, extra=None, config_edi
 
 def test_checkpoint_without_text_embeddings_names_what_is_missing(blip2, tmp_path):
     folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", drop_prefix="embeddings.")
-    with pytest.raises(CheckpointError, match=r"not a BLIP-2 retrieval checkpoint: it lacks 2 tensors.*embeddings\."):
+    with pytest.raises(ConversionError, match=r"not a BLIP-2 retrieval checkpoint: it lacks 2 tensors.*embeddings\."):
         FashionBlip2Model.from_blip2(folder)
 
 
 def test_checkpoint_with_unknown_tensors_is_refused(blip2, tmp_path):
     extra = {"language_projection.weight": torch.zeros(2, 2)}
     folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", extra=extra)
-    with pytest.raises(CheckpointError, match="language_projection.weight"):
+    with pytest.raises(ConversionError, match="language_projection.weight"):
         FashionBlip2Model.from_blip2(folder)
 
 
@@ -148,7 +149,7 @@ def test_generation_checkpoint_without_text_input_is_refused(blip2, tmp_path):
         config["qformer_config"]["use_qformer_text_input"] = False
 
     folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", config_edit=no_text_input)
-    with pytest.raises(CheckpointError, match="use_qformer_text_input=False"):
+    with pytest.raises(ConversionError, match="use_qformer_text_input=False"):
         FashionBlip2Model.from_blip2(folder)
 
 
@@ -157,14 +158,14 @@ def test_non_blip2_checkpoint_is_refused(blip2, tmp_path):
         config["model_type"] = "bert"
 
     folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt", config_edit=bert)
-    with pytest.raises(CheckpointError, match="'bert' checkpoint, not BLIP-2"):
+    with pytest.raises(ConversionError, match="'bert' checkpoint, not BLIP-2"):
         FashionBlip2Model.from_blip2(folder)
 
 
 def test_pickle_only_checkpoint_is_refused(blip2, tmp_path):
     folder = _copy_checkpoint(blip2[1], tmp_path / "ckpt")
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
-    with pytest.raises(CheckpointError, match="only safetensors"):
+    with pytest.raises(ConversionError, match="only safetensors"):
         FashionBlip2Model.from_blip2(folder)
 
 
@@ -183,12 +184,12 @@ def test_processor_from_a_blip2_checkpoint(blip2, tiny_processor, tmp_path):
 def test_convert_command_writes_a_loadable_folder(blip2, tiny_processor, batch, tmp_path, capsys):
     from transformers import AutoModel, Blip2Processor
 
-    from modeling_fashionblip2.convert import main
+    from modeling_fashionblip2.cli import main
 
     source = _copy_checkpoint(blip2[1], tmp_path / "ckpt")
     Blip2Processor(tiny_processor.image_processor, copy.deepcopy(tiny_processor.tokenizer)).save_pretrained(source)
     output = tmp_path / "out" / "fashionblip2"
-    assert main([str(source), str(output), "--matching", "max", "--adapter-dim", "4", "--target-pad"]) == 0
+    assert main(["convert", str(source), str(output), "--matching", "max", "--adapter-dim", "4", "--target-pad"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["output"] == str(output) and report["dropped_keys"] == ["itm_head.bias", "itm_head.weight"]
     model = AutoModel.from_pretrained(output, trust_remote_code=True).eval()
@@ -197,14 +198,30 @@ def test_convert_command_writes_a_loadable_folder(blip2, tiny_processor, batch, 
     with torch.no_grad():
         expected = blip2[0](**batch, use_image_text_matching_head=False).image_embeds
         torch.testing.assert_close(model.get_candidate_embeddings(batch["pixel_values"]), expected, atol=ATOL, rtol=0)
-    assert main([str(source), str(output)]) == 2
+    assert main(["convert", str(source), str(output)]) == 2
     assert "exists; pass --overwrite" in capsys.readouterr().err
     assert sorted(p.name for p in output.parent.iterdir()) == ["fashionblip2"]  # no staging folder left behind
 
 
 def test_convert_command_reports_a_bad_checkpoint(blip2, tmp_path, capsys):
-    from modeling_fashionblip2.convert import main
+    from modeling_fashionblip2.cli import main
 
     source = _copy_checkpoint(blip2[1], tmp_path / "ckpt", drop_prefix="qformer.")
-    assert main([str(source), str(tmp_path / "out")]) == 2
+    assert main(["convert", str(source), str(tmp_path / "out")]) == 2
     assert capsys.readouterr().err.startswith("error: ") and not (tmp_path / "out").exists()
+
+
+def test_convert_command_runs_as_documented(tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    result = subprocess.run(
+        [sys.executable, "-m", "modeling_fashionblip2", "convert", str(tmp_path / "missing"), str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: {tmp_path / 'missing'}: no such folder") and "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()

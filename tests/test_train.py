@@ -11,8 +11,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import facap_train.accelerator as accelerator_module
 import train_accelerate as ta
-from facap_train.checkpoint import CheckpointError, TrainerState, list_checkpoints, prune_checkpoints, resolve_resume
+from facap_train import optim
+from facap_train.accelerator import cpu_thread_hint
+from facap_train.checkpoint import (
+    CheckpointError,
+    TrainerState,
+    list_checkpoints,
+    prune_checkpoints,
+    remove_interrupted_saves,
+    resolve_resume,
+)
+from facap_train.errors import TrainingError
+from facap_train.evaluation import selection_metric
+from facap_train.models import load_model_and_processor, resolve_init_from
+from facap_train.options import parse_args
 from facap_dataset.errors import DataError
 from facap_dataset.images import load_rgb
 from facap_train.data import (
@@ -57,35 +71,36 @@ def test_config_file_supplies_options_and_command_line_wins(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text("dataset: data/a\nconfigs: [dress, shirt]\nmodel: tiny\noutput-dir: out\nmax_steps: 7\n"
                       "learning-rate: 0.001\nreport_to: tensorboard\n")  # fmt: skip
-    args = ta.parse_args(["--config", str(config), "--max-steps", "9"])
+    args = parse_args(["--config", str(config), "--max-steps", "9"])
     assert args.dataset == ["data/a"] and args.configs == ["dress", "shirt"] and args.output_dir == Path("out")
     assert args.max_steps == 9 and args.learning_rate == 1e-3 and args.report_to == "tensorboard"
 
     as_json = tmp_path / "train.json"
     as_json.write_text(json.dumps({"dataset": ["a", "b"], "configs": "dress", "init_from": "runs/x", "output_dir": "o"}))
-    args = ta.parse_args(["--config", str(as_json)])
+    args = parse_args(["--config", str(as_json)])
     assert args.dataset == ["a", "b"] and args.configs == ["dress"] and args.init_from == Path("runs/x")
 
 
 def test_model_overrides_set_config_fields_and_refuse_unknown_ones(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text("model_overrides: {adapter_dim: 4, temperature_init: 0.05}\n")
-    args = ta.parse_args(["--config", str(config), "--dataset", "d", "--configs", "dress", "--model", "tiny",
+    args = parse_args(["--config", str(config), "--dataset", "d", "--configs", "dress", "--model", "tiny",
                           "--output-dir", "o"])  # fmt: skip
     assert args.model_overrides == {"adapter_dim": 4, "temperature_init": 0.05}
-    model, _ = ta.load_model_and_processor(args, ["is red", "has long sleeves"])
+    model, _ = load_model_and_processor(args, ["is red", "has long sleeves"])
     assert model.config.adapter_dim == 4 and model.config.temperature_init == 0.05
-    args = ta.parse_args(["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o",
+    args = parse_args(["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o",
                           "--model-overrides", '{"adapter_dimm": 4}'])  # fmt: skip
-    with pytest.raises(ta.TrainingError, match="adapter_dimm is not a FashionBLIP-2 config field"):
-        ta.load_model_and_processor(args, ["is red"])
+    with pytest.raises(TrainingError, match="adapter_dimm is not a FashionBLIP-2 config field"):
+        load_model_and_processor(args, ["is red"])
 
 
 @pytest.mark.parametrize(
     "content, message",
     [
         ("dataset: a\nlearning_rat: 1\n", "unknown option 'learning_rat'"),
-        ("report_to: mlflow\n", "'mlflow' is not one of"),
+        ("report_to: mlflow\n", "invalid choice: 'mlflow'"),
+        ("max_grad_norm: .nan\n", "argument --max-grad-norm: expected a finite number >= 0"),
         ("- just\n- a list\n", "expected a mapping"),
         ("model_overrides: '[1]'\n", "expected a JSON object"),
     ],
@@ -94,8 +109,10 @@ def test_config_file_errors_name_the_culprit(tmp_path, capsys, content, message)
     config = tmp_path / "bad.yaml"
     config.write_text(content)
     with pytest.raises(SystemExit) as exit_info:
-        ta.parse_args(["--config", str(config)])
-    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+        parse_args(["--config", str(config)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in err and f"--config {config}" in err
+    assert len(err.strip().splitlines()) == 1, err
 
 
 @pytest.mark.parametrize(
@@ -109,7 +126,7 @@ def test_config_file_errors_name_the_culprit(tmp_path, capsys, content, message)
 )
 def test_bad_option_combinations(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit):
-        ta.parse_args(tiny_argv(tmp_path, tmp_path / "out", *extra))
+        parse_args(tiny_argv(tmp_path, tmp_path / "out", *extra))
     assert message in capsys.readouterr().err
 
 
@@ -180,16 +197,16 @@ def test_hard_negatives_reach_the_model_as_negative_pixel_values(
 def test_cpu_thread_hint_names_the_launcher_option(monkeypatch):
     from types import SimpleNamespace
 
-    monkeypatch.setattr(ta.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(accelerator_module.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
     one_cpu_process = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert "--num_cpu_threads_per_process 4" in ta.cpu_thread_hint(one_cpu_process)
-        assert ta.cpu_thread_hint(SimpleNamespace(device=torch.device("cuda"), num_processes=1)) is None
-        assert ta.cpu_thread_hint(SimpleNamespace(device=torch.device("cpu"), num_processes=2)) is None
+        assert "--num_cpu_threads_per_process 4" in cpu_thread_hint(one_cpu_process)
+        assert cpu_thread_hint(SimpleNamespace(device=torch.device("cuda"), num_processes=1)) is None
+        assert cpu_thread_hint(SimpleNamespace(device=torch.device("cpu"), num_processes=2)) is None
         torch.set_num_threads(4)
-        assert ta.cpu_thread_hint(one_cpu_process) is None
+        assert cpu_thread_hint(one_cpu_process) is None
     finally:
         torch.set_num_threads(threads)
 
@@ -198,9 +215,9 @@ def test_optimizer_groups_and_schedule():
     from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model
 
     model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny"))
-    args = ta.parse_args(["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o",
+    args = parse_args(["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o",
                           "--learning-rate", "1e-4", "--adapter-learning-rate", "1e-3", "--weight-decay", "0.1"])  # fmt: skip
-    optimizer = ta.build_optimizer(model, args)
+    optimizer = optim.build_optimizer(model, args)
     names = {id(p): n for n, p in model.named_parameters()}
     groups = {group["name"]: group for group in optimizer.param_groups}
     adapter_names = {names[id(p)] for p in groups["adapters"]["params"] + groups["adapters-no-decay"]["params"]}
@@ -212,9 +229,9 @@ def test_optimizer_groups_and_schedule():
     trainable = sum(1 for p in model.parameters() if p.requires_grad)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == trainable
 
-    plan = ta.RunPlan(num_processes=1, train_size=100, batches_per_epoch=10, global_batch_size=10, total_steps=100,
+    plan = optim.RunPlan(num_processes=1, train_size=100, batches_per_epoch=10, global_batch_size=10, total_steps=100,
                       warmup_steps=10)  # fmt: skip
-    scheduler = ta.build_scheduler(optimizer, plan)
+    scheduler = optim.build_scheduler(optimizer, plan)
     rates = []
     for _ in range(100):
         rates.append(optimizer.param_groups[0]["lr"] / groups[optimizer.param_groups[0]["name"]]["initial_lr"])
@@ -225,9 +242,9 @@ def test_optimizer_groups_and_schedule():
 
 
 def test_plan_counts_steps_epochs_and_warmup():
-    def plan(*extra: str, processes: int = 1) -> ta.RunPlan:
+    def plan(*extra: str, processes: int = 1) -> optim.RunPlan:
         argv = ["--dataset", "d", "--configs", "dress", "--model", "tiny", "--output-dir", "o", "--batch-size", "8", *extra]
-        return ta.plan_run(ta.parse_args(argv), 81, processes)
+        return optim.plan_run(parse_args(argv), 81, processes)
 
     assert plan().total_steps == 10 and plan().warmup_steps == 0  # one epoch by default; 5 % of 10 steps
     by_epochs = plan("--num-epochs", "1.5", "--gradient-accumulation-steps", "2")
@@ -263,7 +280,7 @@ def test_run_writes_models_metrics_checkpoints_and_logs(finished_run):
     assert sorted(p.name for p in (finished_run / "checkpoints").iterdir()) == ["checkpoint-4", "checkpoint-6"]
     state = TrainerState.read(finished_run / "checkpoints" / "checkpoint-6")
     assert state.global_step == 6 and state.batches_seen == 6 and state.best_step in (3, 6)
-    best_mean = max(ta.selection_metric(r["eval/average"]) for r in eval_records)
+    best_mean = max(selection_metric(r["eval/average"]) for r in eval_records)
     assert state.best_metric == pytest.approx(best_mean)
     assert list((finished_run / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file"
 
@@ -305,8 +322,8 @@ def test_init_from_a_run_folder_fine_tunes_its_best_model(finished_run, syntheti
     code, err = run_main(argv, capsys)
     assert code == 0, err
     assert (tmp_path / "finetune" / "final" / "config.json").is_file()
-    with pytest.raises(ta.TrainingError, match="neither a saved FashionBLIP-2 folder"):
-        ta.resolve_init_from(tmp_path)
+    with pytest.raises(TrainingError, match="neither a saved FashionBLIP-2 folder"):
+        resolve_init_from(tmp_path)
 
 
 def test_model_from_a_blip2_retrieval_checkpoint(synthetic_dir, tiny_blip2_config, tiny_processor, tmp_path, capsys):
@@ -404,8 +421,10 @@ def test_latest_ignores_interrupted_saves_and_pruning_keeps_the_newest(tmp_path)
         folder = tmp_path / "checkpoints" / f"checkpoint-{step}"
         folder.mkdir(parents=True)
         (folder / "trainer_state.json").write_text(TrainerState(global_step=step).to_json())
-    (tmp_path / "checkpoints" / ".tmp-checkpoint-12").mkdir()  # a save killed half-way
-    assert resolve_resume("latest", tmp_path).name == "checkpoint-10"
+    killed = tmp_path / "checkpoints" / ".checkpoint-12.tmp-x1y2"  # a save killed half-way (facap_io.atomic's name)
+    killed.mkdir()
+    assert list_checkpoints(tmp_path)[-1].name == "checkpoint-10"
+    assert remove_interrupted_saves(tmp_path) == [killed] and not killed.exists()
     assert [p.name for p in prune_checkpoints(tmp_path, 2)] == ["checkpoint-3"]
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-7", "checkpoint-10"]
 
@@ -419,3 +438,17 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(synth
     assert code == 1
     assert "error: the loss is nan at step 2" in err and f"last good checkpoint is {output_dir}" in err
     assert [p.name for p in list_checkpoints(output_dir)] == ["checkpoint-1"] and not (output_dir / "final").exists()
+
+
+def test_saving_a_model_leaves_the_live_model_and_processor_unchanged(tiny_processor, tmp_path):
+    """Only the main process saves best/ and final/; the processes' models must stay identical for the sharded
+    evaluation (it compares fingerprints, config and processor settings included)."""
+    from facap_retrieval.cache import model_fingerprint
+    from facap_train.outputs import save_model
+    from modeling_fashionblip2 import FashionBlip2Config, FashionBlip2Model
+
+    model = FashionBlip2Model(FashionBlip2Config.from_preset("tiny"))
+    before = model_fingerprint(model, tiny_processor)
+    save_model(model, tiny_processor, tmp_path / "final")
+    assert model_fingerprint(model, tiny_processor) == before
+    assert json.loads((tmp_path / "final" / "config.json").read_text())["auto_map"]["AutoModel"]

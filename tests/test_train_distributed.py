@@ -14,6 +14,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import train_accelerate as ta
+from facap_train.loop import iterate_batches
+from facap_train.options import parse_args
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHED = """import sys
@@ -31,12 +33,12 @@ def gradient_probe(argv: list[str], output_file: str) -> None:
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        run = ta.setup(ta.parse_args(argv))
+        run = ta.setup(parse_args(argv))
     finally:
         torch.set_default_dtype(previous)
     # Dropout off: the masks drawn by one of two processes cannot equal those of a single process.
     run.model.eval()
-    batch = next(ta.iterate_batches(run.loader, run.plan.batches_per_epoch, 0))
+    batch = next(iterate_batches(run.loader, run.plan.batches_per_epoch, 0))
     batch = {key: value.double() if value.is_floating_point() else value for key, value in batch.items()}
     loss = run.model(**batch, return_loss=True).loss
     run.accelerator.backward(loss)
@@ -85,3 +87,37 @@ def test_two_process_gradients_equal_one_process_on_the_same_global_batch(synthe
     for name, gradient in one_grads.items():
         torch.testing.assert_close(two_grads[name], gradient, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
     assert any(gradient.abs().sum() > 0 for gradient in one_grads.values())
+
+
+def test_two_process_training_evaluation_equals_eval_cir_on_the_saved_model(synthetic_dir, tmp_path):
+    """Training-time evaluation is sharded (every process encodes its slice); the recall it logs equals a separate
+    one-process `eval_cir.py` run on the saved model."""
+    import json
+
+    output_dir = tmp_path / "run"
+    argv = ["--dataset", str(synthetic_dir), "--configs", "dress,shirt,toptee", "--model", "tiny", "--output-dir",
+            str(output_dir), "--batch-size", "4", "--max-steps", "2", "--num-workers", "0", "--eval-batch-size", "8",
+            "--eval-k-values", "1,5,10", "--save-steps", "2"]  # fmt: skip
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "--main_process_port", str(_free_port()), "train_accelerate.py", *argv,
+    ]  # fmt: skip
+    launched = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=400)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert json.loads((output_dir / "args.json").read_text())["plan"]["num_processes"] == 2
+    logged = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    (final_eval,) = [record for record in logged if "eval/average" in record]
+
+    results_file = tmp_path / "results.json"
+    evaluated = subprocess.run(
+        [sys.executable, "eval_cir.py", "--model", str(output_dir / "final"), "--dataset", str(synthetic_dir),
+         "--configs", "dress,shirt,toptee", "--k-values", "1,5,10", "--batch-size", "32", "--output", str(results_file),
+         "--no-progress"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    results = json.loads(results_file.read_text())
+    for config in ("dress", "shirt", "toptee"):
+        assert final_eval[f"eval/{config}"] == {k: v for k, v in results["configs"][config].items() if k.startswith("recall")}
+    assert final_eval["eval/average"] == results["average"]

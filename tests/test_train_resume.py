@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -19,11 +20,17 @@ from facap_train.checkpoint import list_checkpoints
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _argv(dataset: Path, output_dir: Path, *extra: str) -> list[str]:
-    # 81 triplets / batch 8 = 10 batches per epoch: 11 steps cross an epoch boundary after the resume point.
+# 81 triplets / batch 8 = 10 batches per epoch. Killed at the first checkpoint: step 3 (inside epoch 1; the 11
+# steps cross an epoch boundary after the resume point) or step 12 (inside epoch 2: the resumed loader skips
+# batches of an epoch whose caption augmentation differs from epoch 1's).
+KILL_POINTS = {"in epoch 1": ("11", "3"), "in epoch 2": ("24", "12")}
+
+
+def _argv(dataset: Path, output_dir: Path, kill_point: str, *extra: str) -> list[str]:
+    max_steps, save_steps = KILL_POINTS[kill_point]
     # One DataLoader worker, so that resuming is also checked through worker processes.
     return ["--dataset", str(dataset), "--configs", "dress,shirt,toptee", "--model", "tiny", "--output-dir",
-            str(output_dir), "--batch-size", "8", "--max-steps", "11", "--save-steps", "3", "--no-eval",
+            str(output_dir), "--batch-size", "8", "--max-steps", max_steps, "--save-steps", save_steps, "--no-eval",
             "--num-workers", "1", "--learning-rate", "1e-3", "--adapter-learning-rate", "1e-3", "--logging-steps", "1",
             *extra]  # fmt: skip
 
@@ -43,10 +50,11 @@ def _assert_same_weights(first: Path, second: Path) -> None:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=0, msg=f"{name} differs")
 
 
-def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(synthetic_dir, tmp_path):
+@pytest.mark.parametrize("kill_point", list(KILL_POINTS))
+def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(synthetic_dir, tmp_path, kill_point):
     killed = tmp_path / "killed"
     with (tmp_path / "killed.log").open("w") as log:
-        process = subprocess.Popen([sys.executable, "train_accelerate.py", *_argv(synthetic_dir, killed)],
+        process = subprocess.Popen([sys.executable, "train_accelerate.py", *_argv(synthetic_dir, killed, kill_point)],
                                    cwd=REPO, stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
         deadline = time.monotonic() + 240
         while not list_checkpoints(killed) and process.poll() is None and time.monotonic() < deadline:
@@ -57,8 +65,8 @@ def test_sigkill_then_resume_latest_equals_an_uninterrupted_run(synthetic_dir, t
     assert list_checkpoints(killed) and not (killed / "final").exists(), "the run was not killed mid-way"
 
     uninterrupted = tmp_path / "uninterrupted"
-    assert ta.main(_argv(synthetic_dir, uninterrupted)) == 0
-    assert ta.main(_argv(synthetic_dir, killed, "--resume-from-checkpoint", "latest")) == 0
+    assert ta.main(_argv(synthetic_dir, uninterrupted, kill_point)) == 0
+    assert ta.main(_argv(synthetic_dir, killed, kill_point, "--resume-from-checkpoint", "latest")) == 0
 
     _assert_same_weights(uninterrupted, killed)
     assert _losses(killed) == _losses(uninterrupted)  # no step repeated or skipped, same batches and captions
