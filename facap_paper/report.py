@@ -18,6 +18,7 @@ from .plan import Plan
 
 MISSING = "–"
 TABLE_K = (10, 50)
+MIN_PLOTTED_QUERIES = 10  # a bucket with fewer queries is a table cell only: its recall is too noisy to draw
 
 
 def _read(path: Path) -> dict | None:
@@ -195,7 +196,7 @@ def figure(gathered: dict, path: Path, metric: str = "recall@10") -> Path:
     if gathered["baselines"]:
         rows += [(f"{kind} (baseline)", by_eval) for kind, by_eval in gathered["baselines"]["results"].items()]
     label = metric.replace("recall@", "R@")
-    fig, (bars_axis, lines_axis) = plt.subplots(1, 2, figsize=(15, 5.5), gridspec_kw={"width_ratios": [3, 2]},
+    fig, (bars_axis, lines_axis) = plt.subplots(1, 2, figsize=(18, 6), gridspec_kw={"width_ratios": [3, 2]},
                                              layout="constrained")
     width = 0.8 / max(len(evaluations), 1)
     for index, evaluation in enumerate(evaluations):
@@ -226,19 +227,20 @@ def _text_length_lines(axis, gathered: dict, metric: str) -> None:
             if found is None:
                 continue
             buckets = list(found["buckets"])
-            values = [((found.get("average") or {}).get(b) or {}).get(metric) for b in buckets]
+            pooled = [(found.get("average") or {}).get(b) or {} for b in buckets]
+            values = [v.get(metric) if v.get("num_queries", 0) >= MIN_PLOTTED_QUERIES else None for v in pooled]
             axis.plot(range(len(buckets)), [float("nan") if v is None else v for v in values],
                       linestyle=styles[index % len(styles)], marker="o", color=f"C{run_index}",
                       label=f"{run['label']} — {evaluation['label']}")  # fmt: skip
             axis.set_xticks(range(len(buckets)), buckets)
             drawn = True
     label = metric.replace("recall@", "R@")
-    axis.set_title(f"{label} by words in the modification text")
+    axis.set_title(f"{label} by words in the modification text (buckets of >= {MIN_PLOTTED_QUERIES} queries)")
     axis.set_xlabel("words (bucket)")
     axis.set_ylabel(f"{label} (%)")
     axis.set_ylim(0, 105)
     if drawn:
-        axis.legend(fontsize=6)
+        axis.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     else:
         axis.text(0.5, 0.5, "no text-length breakdown", ha="center", va="center", transform=axis.transAxes)
 
