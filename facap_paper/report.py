@@ -51,8 +51,10 @@ def gather(plan: Plan, layout: Layout, state: dict) -> dict:
                          "split": e.split, "breakdowns": list(e.breakdowns)} for e in plan.evaluations],  # fmt: skip
         "runs": runs,
         "baselines": {"model": plan.baselines.model, "results": baselines} if plan.baselines else None,
-        "timings": {key: record.get("seconds") for key, record in steps.items()},
+        "timings": {key: {"seconds": record.get("seconds"), "cpu_seconds": record.get("cpu_seconds")}
+                    for key, record in steps.items()},  # fmt: skip
         "total_seconds": round(sum(record.get("seconds") or 0 for record in steps.values()), 1),
+        "total_cpu_seconds": round(sum(record.get("cpu_seconds") or 0 for record in steps.values()), 1),
     }
     gathered["acceptance"] = acceptance(plan, gathered)
     return gathered
@@ -177,8 +179,10 @@ def markdown(gathered: dict) -> str:
         lines.append(f"- **{run['label']}** (`{run['name']}`): init {run['init']}, {trained}{overrides}")
     lines.append("")
     lines += recall_tables(gathered) + breakdown_tables(gathered) + acceptance_lines(gathered)
-    lines += ["## Timings", "", *_table(["step", "seconds"], [[key, _cell(value)] for key, value in gathered["timings"].items()]),
-              "", f"Total: {gathered['total_seconds']:.0f} s.", ""]  # fmt: skip
+    timings = [[key, _cell(value["seconds"]), _cell(value["cpu_seconds"])] for key, value in gathered["timings"].items()]
+    lines += ["## Timings", "", *_table(["step", "seconds", "CPU seconds"], timings), "",
+              f"Total: {gathered['total_seconds']:.0f} s ({gathered['total_cpu_seconds']:.0f} CPU s; the CPU time "
+              "does not depend on what else the machine runs).", ""]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -343,6 +343,9 @@ def test_results_md_json_png_from_evaluation_files(tmp_path):
     assert "| *text-only baseline* | 30.00 | 60.00 |" in text
     assert "| ft | val | 61.50 (n=3) | 60.50 (n=3) | 59.50 (n=3) | 58.50 (n=3) |" in text
     assert "- PASS ft: 61.50" in text
+    assert "| step | seconds | CPU seconds |" in text and set(results["timings"]) == {
+        "build:pre", "build:fiq", "train:pre", "train:ft", "train:solo", "eval:pre:val", "eval:ft:val",
+        "eval:solo:val", "baseline:image-only:val", "baseline:text-only:val"}  # fmt: skip
     png = (out / "results.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # atomic writes leave no temporaries
