@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.facap-installed
 
-.PHONY: setup test demo app bench clean
+.PHONY: setup test demo paper app bench clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,13 @@ test: setup
 
 demo: setup
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" bash scripts/demo.sh
+
+# The paper's experiment grid on the synthetic stand-ins (scripts/plans/paper-synthetic.yaml; docs/paper.md).
+# A rerun continues where a killed one stopped; results in $(PAPER_OUTPUT)/results.{md,json,png}.
+PAPER_OUTPUT ?= paper_output
+paper: setup
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+		TOKENIZERS_PARALLELISM=false $(PY) scripts/paper.py --plan paper-synthetic --out $(PAPER_OUTPUT)
 
 app: setup
 	HF_HUB_OFFLINE=1 $(PY) app.py
