@@ -1,6 +1,6 @@
 """Where a plan's outputs live and the command line of each step: every build, run and evaluation goes through
 the project's own entry points (`python -m facap_dataset build`, `accelerate launch train_accelerate.py`,
-`python -m modeling_fashionblip2.convert`, `python eval_cir.py`) as subprocesses."""
+`python -m modeling_fashionblip2 convert`, `python eval_cir.py`) as subprocesses."""
 
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def train_command(plan: Plan, run: RunSpec, layout: Layout, launch: list[str], r
     return command
 
 
-# Model overrides an untrained (converted) row may set, as `python -m modeling_fashionblip2.convert` flags.
+# Model overrides an untrained (converted) row may set, as `python -m modeling_fashionblip2 convert` flags.
 CONVERT_OVERRIDES = {"matching": "--matching", "adapter_dim": "--adapter-dim", "num_heads": "--num-heads"}
 
 
@@ -160,7 +160,7 @@ def convert_command(run: RunSpec, layout: Layout) -> list[str]:
     flags = [item for key, value in run.model_overrides.items() for item in (CONVERT_OVERRIDES[key], str(value))]
     if run.options.get("targetpad"):
         flags.append("--target-pad")
-    return [sys.executable, "-m", "modeling_fashionblip2.convert", run.init,
+    return [sys.executable, "-m", "modeling_fashionblip2", "convert", run.init,
             str(layout.run_dir(run.name) / "final"), *flags, "--overwrite"]  # fmt: skip
 
 

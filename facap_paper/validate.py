@@ -91,7 +91,7 @@ def _check_run(plan: Plan, run, configs: dict, layout: commands.Layout) -> None:
 
 
 def _check_conversion(plan: Plan, where: str, run) -> None:
-    """An untrained row is converted by `python -m modeling_fashionblip2.convert`, which takes these only."""
+    """An untrained row is converted by `python -m modeling_fashionblip2 convert`, which takes these only."""
     extra = sorted(set(run.model_overrides) - set(commands.CONVERT_OVERRIDES))
     extra += sorted(f"options.{key}" for key in set(run.options) - {"targetpad"})
     if extra:

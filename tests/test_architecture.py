@@ -25,6 +25,8 @@ ALLOWED = {
     "train_accelerate": {"facap_io", "facap_dataset", "facap_retrieval", "facap_eval", "facap_train",
                          "modeling_fashionblip2"},
     "app": {"facap_app"},
+    # the top of the graph: runs the entry points as subprocesses and checks a plan with their own parsers
+    "facap_paper": {"facap_io", "facap_dataset", "modeling_fashionblip2", "eval_cir", "train_accelerate"},
 }
 OURS = set(ALLOWED)
 REMOTE_CODE_PREFIXES = ("configuration_", "modeling_", "processing_")

@@ -60,6 +60,10 @@ def fake_results(r10: float, configs=TRIPLETS) -> dict:
     }  # fmt: skip
 
 
+def _is_convert(command: list[str]) -> bool:
+    return command[1:4] == ["-m", "modeling_fashionblip2", "convert"]
+
+
 class FakeRunner:
     """Records each command and makes the files the real entry point would; `fail` names a step to fail."""
 
@@ -81,9 +85,9 @@ class FakeRunner:
             out.mkdir(parents=True, exist_ok=True)
             card = yaml.safe_dump({"configs": [{"config_name": c, "data_files": f"{c}/*.parquet"} for c in self.built_configs]})
             (out / "README.md").write_text(f"---\n{card}---\n")
-        elif "train_accelerate" in text or "modeling_fashionblip2.convert" in command:
+        elif "train_accelerate" in text or _is_convert(command):
             final = Path(_after(command, "--output-dir")) / "final" if "train_accelerate" in text \
-                else Path(_after(command, "modeling_fashionblip2.convert", 2))  # fmt: skip
+                else Path(_after(command, "convert", 2))  # fmt: skip
             final.mkdir(parents=True, exist_ok=True)
             (final / "config.json").write_text(json.dumps({"model_type": "fashionblip2"}))
         elif "eval_cir" in text:
@@ -161,8 +165,8 @@ def test_blip2_plan_runs_the_paper_recipe_through_the_entry_points(tmp_path):
     runner = FakeRunner(built_configs=CONFIGS + facap_configs)
     assert run_paper(tmp_path, plan, runner, "--launch", "--multi_gpu --num_processes 4") == 0
     out = tmp_path / "out"
-    convert = next(c for c in runner.commands if "modeling_fashionblip2.convert" in c)
-    assert convert[convert.index("modeling_fashionblip2.convert") + 1:] == [
+    convert = next(c for c in runner.commands if _is_convert(c))
+    assert convert[convert.index("convert") + 1:] == [
         "Salesforce/blip2-itm-vit-g", str(out / "runs" / "blip2-zeroshot" / "final"), "--target-pad", "--overwrite"]
     train = next(c for c in runner.commands if c[-1] == str(out / "runs" / "facap-fiq"))
     assert train[1:5] == ["launch", "--multi_gpu", "--num_processes", "4"]
