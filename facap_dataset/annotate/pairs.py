@@ -106,7 +106,7 @@ def _load_fashionblip2(name_or_path: str, trust_remote_code: bool) -> tuple[Any,
                 f"model {name_or_path!r} is a FashionBLIP-2 folder and the {FASHIONBLIP2_PACKAGE} package is not "
                 "installed: install it, or pass --trust-remote-code to run the folder's own code"
             ) from None
-        return _load_auto(name_or_path, trust_remote_code=True)
+        return _load_auto(name_or_path, trust_remote_code=trust_remote_code)  # the user passed the flag
     try:
         return (package.FashionBlip2Model.from_pretrained(name_or_path),
                 package.FashionBlip2Processor.from_pretrained(name_or_path))
