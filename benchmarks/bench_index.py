@@ -255,7 +255,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-faiss", action="store_true")
     parser.add_argument("--skip-encoding", action="store_true")
-    parser.add_argument("--encode-images", type=int, default=50_000, help="synthetic set size for the encoding runs (its dress validation gallery is about 10 %)")
+    parser.add_argument("--encode-images", type=int, default=50_000, help="synthetic set size for the encoding runs (its dress validation gallery is about 10 %%)")
     parser.add_argument("--encode-batch-size", type=int, default=32)
     args = parser.parse_args()
     cosine = 1 / (1 + args.noise**2) ** 0.5
