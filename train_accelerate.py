@@ -22,7 +22,7 @@ from accelerate.utils import set_seed
 
 from facap_dataset.errors import DataError
 from facap_dataset.loading import open_dataset
-from facap_io.errors import FacapError
+from facap_io.errors import FacapError, first_line
 from facap_retrieval.ranking import RetrievalError
 from facap_train.accelerator import build_accelerator, cpu_thread_hint
 from facap_train.card import check_push, push_run
@@ -130,7 +130,7 @@ def main(argv: Sequence[str] | None = None, *, hub_api=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except (FacapError, DataError, RetrievalError) as error:
-        print(f"error: {str(error).splitlines()[0] if str(error) else type(error).__name__}", file=sys.stderr)
+        print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""

@@ -25,7 +25,7 @@ from datasets.utils.metadata import MetadataConfigs
 from PIL import Image, ImageDraw, ImageFont
 
 from facap_io.atomic import check_writable, write_file
-from facap_io.errors import FacapError
+from facap_io.errors import FacapError, first_line
 
 from .errors import DataError
 from .export import read_card_data
@@ -61,7 +61,7 @@ def parquet_file(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path} is not a readable Parquet shard: {_first_line(error)}") from None
+        raise DataError(f"{path} is not a readable Parquet shard: {first_line(error)}") from None
 
 
 def read_columns(paths: Sequence[Path], columns: Sequence[str]) -> pa.Table:
@@ -70,12 +70,8 @@ def read_columns(paths: Sequence[Path], columns: Sequence[str]) -> pa.Table:
         try:
             tables.append(parquet_file(path).read(columns=list(columns)))
         except (pa.ArrowException, OSError) as error:
-            raise DataError(f"{path} is not a readable Parquet shard: {_first_line(error)}") from None
+            raise DataError(f"{path} is not a readable Parquet shard: {first_line(error)}") from None
     return pa.concat_tables(tables)
-
-
-def _first_line(error: BaseException) -> str:
-    return (str(error).strip() or type(error).__name__).splitlines()[0]
 
 
 def inspect_dataset(directory: str | Path, *, contact_sheet: str | Path | None = None, num_triplets: int = 6) -> dict:
@@ -173,7 +169,7 @@ def _sample_triplets(files, num_triplets: int) -> list[dict]:
         try:
             table = next(first.iter_batches(batch_size=num_triplets, columns=columns), None)
         except (pa.ArrowException, OSError) as error:
-            raise DataError(f"{splits[split][0]} is not a readable Parquet shard: {_first_line(error)}") from None
+            raise DataError(f"{splits[split][0]} is not a readable Parquet shard: {first_line(error)}") from None
         if table is not None:
             per_config.append([{**r, "split": split} for r in table.to_pylist()])
     interleaved = [row for group in zip_longest(*per_config) for row in group if row is not None]

@@ -20,6 +20,8 @@ import datasets
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
+from facap_io.errors import first_line
+
 from .errors import DataError
 from .export import read_card_data
 
@@ -81,7 +83,7 @@ class OpenedDataset:
         try:
             splits = datasets.load_dataset_builder(self.path, self.require(config)).info.splits or {}
         except (OSError, ValueError) as error:
-            raise DataError(f"dataset {self.name}, config {config!r}: {_first_line(error)}") from None
+            raise DataError(f"dataset {self.name}, config {config!r}: {first_line(error)}") from None
         return {name: info.num_examples for name, info in splits.items()}
 
     def load_split(self, config: str, split: str, *, streaming: bool = False) -> datasets.Dataset:
@@ -94,7 +96,7 @@ class OpenedDataset:
         except Exception as error:  # noqa: BLE001 - pyarrow, datasets and OS errors all mean "unreadable shard"
             cause = error.__cause__ or error.__context__ or error
             raise DataError(
-                f"dataset {self.name}, config {config!r}, split {split!r} cannot be read: {_first_line(cause)}"
+                f"dataset {self.name}, config {config!r}, split {split!r} cannot be read: {first_line(cause)}"
             ) from None
 
 
@@ -104,10 +106,6 @@ def open_dataset(name_or_dir: str | os.PathLike) -> OpenedDataset:
     try:
         configs = datasets.get_dataset_config_names(path)
     except Exception as error:  # noqa: BLE001 - offline Hub ids, unreadable cards: one line either way
-        raise DataError(f"cannot read dataset {name_or_dir!s}: {_first_line(error)}") from None
+        raise DataError(f"cannot read dataset {name_or_dir!s}: {first_line(error)}") from None
     return OpenedDataset(str(name_or_dir), path, tuple(configs))
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

@@ -34,7 +34,7 @@ from facap_io.errors import FacapError
 from facap_retrieval.cache import gallery_fingerprint, model_fingerprint
 from facap_retrieval.index import BACKENDS, IndexOptions, IndexSource, build_index, check_destination
 
-from .cli import EXIT_BAD_INPUT, _notes_to_stderr
+from .cli import EXIT_BAD_INPUT, notes_to_stderr
 from .distributed import check_same, launched_accelerator, launched_processes
 from .errors import EvalError
 from .gallery import gallery_embeddings, gallery_ids
@@ -101,7 +101,7 @@ def plan_from_args(args: argparse.Namespace) -> BuildPlan:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    with _notes_to_stderr():
+    with notes_to_stderr():
         try:
             summary = run(plan_from_args(args), args)
         except (FacapError, DataError) as error:

@@ -30,7 +30,7 @@ EXIT_BAD_INPUT = 2
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate as `args` (eval_cir's parser) say; returns the exit code. Bad input is one `error:` line."""
-    with _notes_to_stderr():
+    with notes_to_stderr():
         try:
             return _run(args)
         except (FacapError, DataError) as error:
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _notes_to_stderr():
+def notes_to_stderr():
     """The library's warnings and notes (a rebuilt cache entry, a dropped K) as plain lines on stderr."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))

@@ -8,6 +8,8 @@ from typing import Iterator
 
 import torch
 
+from facap_io.errors import first_line
+
 from .errors import EvalError
 
 REQUIRED_METHODS = ("get_query_embeddings", "get_candidate_embeddings")
@@ -28,12 +30,12 @@ def load_model_and_processor(
     try:
         model = AutoModel.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
     except Exception as error:  # noqa: BLE001 - OS, config, safetensors (a truncated file) errors: one line each
-        raise EvalError(f"cannot load a model from {path_or_id!s}: {_first_line(error)}{hint}") from None
+        raise EvalError(f"cannot load a model from {path_or_id!s}: {first_line(error)}{hint}") from None
     check_compatible(model, str(path_or_id))
     try:
         processor = AutoProcessor.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
     except Exception as error:  # noqa: BLE001 - as for the model
-        raise EvalError(f"cannot load the processor of {path_or_id!s}: {_first_line(error)}{hint}") from None
+        raise EvalError(f"cannot load the processor of {path_or_id!s}: {first_line(error)}{hint}") from None
     return model.to(resolve_device(device)).eval(), processor
 
 
@@ -83,7 +85,3 @@ def evaluation_mode(model) -> Iterator[None]:
     finally:
         model.train(was_training)
 
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]

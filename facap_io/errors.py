@@ -9,3 +9,10 @@ class FacapError(ValueError):
 
 class UnsafePathError(FacapError):
     """A path that would leave the folder it must stay in (an image root, an output folder)."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty): what a one-line report
+    shows of a library's multi-line error."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import FacapError
+from .errors import FacapError, first_line
 
 
 class PushError(FacapError):
@@ -84,5 +84,5 @@ def upload(
         operations += [CommitOperationDelete(path_in_repo=f) for f in doomed if f not in files]
         commit = api.create_commit(repo_id, operations, repo_type=repo_type, commit_message=commit_message)
     except (HfHubHTTPError, OSError) as error:
-        raise PushError(f"push to {repo_id} failed: {str(error).splitlines()[0]}") from None
+        raise PushError(f"push to {repo_id} failed: {first_line(error)}") from None
     return str(getattr(commit, "commit_url", commit))

@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from facap_io.errors import FacapError
+from facap_io.errors import FacapError, first_line
 from facap_io.paths import plain_name
 
 BREAKDOWNS = ("text-length", "num-changes")
@@ -148,7 +148,7 @@ def load_plan(path: Path) -> Plan:
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as error:
-        raise PlanError(f"plan {path}: cannot be read: {str(error).splitlines()[0]}") from None
+        raise PlanError(f"plan {path}: cannot be read: {first_line(error)}") from None
     where = f"plan {path}"
     mapping = _mapping(raw, where)
     _known_keys(mapping, _PLAN_KEYS, where)

@@ -19,6 +19,7 @@ from typing import Sequence
 import datasets
 import torch
 
+from facap_io.errors import first_line
 from facap_retrieval.index import load_embeddings, save_embeddings
 from facap_retrieval.ranking import RetrievalError
 
@@ -80,7 +81,7 @@ def load_cached_gallery(cache_dir: str | os.PathLike, key: str, ids: Sequence[st
     try:
         embeddings, cached_ids, metadata = load_embeddings(entry)
     except Exception as error:  # noqa: BLE001 - safetensors, JSON and OS errors all mean "unreadable entry"
-        reason = (str(error).strip() or type(error).__name__).splitlines()[0]
+        reason = first_line(error)
         raise CacheEntryError(f"gallery cache entry {entry} cannot be read: {reason}") from None
     if metadata.get("cache_key") != key or cached_ids != list(ids):
         raise CacheEntryError(f"gallery cache entry {entry} does not match its key")

@@ -8,7 +8,9 @@ import os
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import ProjectConfiguration, is_mps_available, is_npu_available, is_xpu_available
+from accelerate.utils import ProjectConfiguration
+
+from facap_eval.distributed import launched_on_cpu  # one rule for joining launched CPU processes
 
 from .errors import TrainingError
 
@@ -26,16 +28,6 @@ def build_accelerator(args: argparse.Namespace):
         project_config=ProjectConfiguration(project_dir=str(args.output_dir), logging_dir=str(args.output_dir / "logs")),
         step_scheduler_with_optimizer=False,
     )
-
-
-def launched_on_cpu() -> bool:
-    """Several processes started by a launcher on a machine without an accelerator.
-
-    Accelerate forms a gloo process group for them only when told `cpu=True`; otherwise each process would
-    silently train alone on the same batches (and `accelerate launch --cpu` starts a single process).
-    """
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return several and not (torch.cuda.is_available() or is_xpu_available() or is_npu_available() or is_mps_available())
 
 
 def cpu_thread_hint(accelerator) -> str | None:

@@ -30,6 +30,7 @@ from typing import Any
 from accelerate.utils import broadcast_object_list
 
 from facap_io.atomic import remove_stale_temporaries, staged_folder, write_text
+from facap_io.errors import first_line
 
 from .errors import CheckpointError
 
@@ -89,7 +90,7 @@ class TrainerState:
             if not all(isinstance(getattr(state, n), int) for n in ("global_step", "batches_seen", "global_batch_size")):
                 raise ValueError("step counters are not integers")
         except (OSError, ValueError, TypeError) as error:
-            raise CheckpointError(f"{path} is unreadable: {str(error).splitlines()[0]}") from None
+            raise CheckpointError(f"{path} is unreadable: {first_line(error)}") from None
         return state
 
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from facap_io.errors import first_line
 import modeling_fashionblip2
 from modeling_fashionblip2 import PRESETS, FashionBlip2Config, FashionBlip2Model, FashionBlip2Processor
 
@@ -79,7 +80,7 @@ def _from_blip2(path_or_id: str, overrides: dict[str, Any]):
     except (OSError, ValueError, *_conversion_errors()) as error:
         raise TrainingError(
             f"--model {path_or_id!r} is neither a preset ({', '.join(PRESETS)}), a saved FashionBLIP-2 folder, "
-            f"nor a loadable BLIP-2 retrieval checkpoint: {str(error).splitlines()[0] if str(error) else error!r}"
+            f"nor a loadable BLIP-2 retrieval checkpoint: {first_line(error)}"
         ) from error
     return model, processor
 
@@ -99,4 +100,4 @@ def _load_saved(path: Path, overrides: dict[str, Any]):
     try:
         return FashionBlip2Model.from_pretrained(path, config=config), FashionBlip2Processor.from_pretrained(path)
     except OSError as error:
-        raise TrainingError(f"cannot load the model in {path}: {str(error).splitlines()[0]}") from None
+        raise TrainingError(f"cannot load the model in {path}: {first_line(error)}") from None

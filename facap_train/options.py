@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import yaml
 
 from facap_dataset.captions import CAPTION_JOIN_RULES
+from facap_io.errors import first_line
 from facap_io.lists import comma_list, int_list
 from facap_retrieval.ranking import DEFAULT_K_VALUES
 
@@ -156,7 +157,7 @@ def config_tokens(path: Path, option_names: Sequence[str]) -> list[str]:
     try:
         values = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as error:
-        raise ValueError(str(error).splitlines()[0]) from None
+        raise ValueError(first_line(error)) from None
     if not isinstance(values, dict):
         raise ValueError("expected a mapping of option names to values")
     tokens: list[str] = []

@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-from facap_io.errors import FacapError
+from facap_io.errors import FacapError, first_line
 
 MODEL_TYPE = "fashionblip2"
 CONFIG_NAME = "config.json"
@@ -65,7 +65,7 @@ def _local_folder(name: str) -> Path:
     try:
         return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.py"]))
     except (HFValidationError, HfHubHTTPError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise ModelLoadError(f"{name}: no such model folder, and not a downloadable Hub id ({reason})") from None
 
 

@@ -22,3 +22,4 @@ def test_missing_outside_files_fail_under_ci(tmp_path, monkeypatch):
 
 def test_present_outside_files_are_returned(tmp_path):
     assert conftest.require_outside_file(tmp_path, "a folder") == tmp_path
+
