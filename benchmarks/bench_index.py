@@ -2,31 +2,36 @@
 backends, recall@10/@50 against exact search and bytes per image at the `blip2-vit-g` preset's width.
 
     python benchmarks/bench_index.py [--sizes 100000,1000000] [--queries 200] [--backends faiss-ivfpq]
-                                     [--nlist 256 --nprobe 256 --m 1024 --nbits 8] [--skip-encoding]
+                                     [--nlist 256 --nprobe 256 --m 1024 --nbits 8 --rerank 20] [--skip-encoding]
 
 Encoding: a synthetic set is built, a random `demo`-preset model saved, and `python -m facap_eval.build_index`
 indexes its dress gallery once in one process and once under `accelerate launch --multi_gpu
 --num_processes 2` (on CPU: gloo); images/s is what the command reports (gallery rows over the time spent
 encoding and gathering). Reported, no target: the machine has 2 shared cores.
 
-Recall@k against exact search is the product-quantization literature's (Jegou et al., "recall@R"): the share
-of queries whose exact nearest neighbour is among the k items the index returns; for a composed query, whether
-the index still returns its target within k. The overlap of the two top-k lists (`overlap_at_k_vs_exact`) is
-reported next to it: on random vectors it measures how well a code orders N - 1 unrelated near-ties, and
-holding 0.9 at k = 50 needs a score error below 0.05 of their spread, about 4.3 bits a dimension, more than
-the 4 that 1/8 of fp32 allows (docs/scaling.md).
+Recall@k against exact search is `facap_retrieval.index.recall_vs_exact`'s: the share of the exact top-k
+list that the index's top k holds, averaged over the queries. The product-quantization literature's
+"recall@R" (Jegou et al.: the share of queries whose exact nearest neighbour is among the R returned) is
+reported next to it as `nn_recall_at_k`. IVF-PQ is measured as `python -m facap_eval.build_index --backend
+faiss-ivfpq --rerank R` builds it: the codes pick a shortlist of R k candidates that the stored fp32
+embeddings, memory-mapped from the index folder, re-score exactly; `--rerank-sweep` adds other R (0: codes
+alone). Memory per image is the FAISS file (codes, ids, lists, codebooks: what `faiss.read_index` holds in
+memory) over N, checked against the growth of the process's private resident memory when the saved index is
+loaded and searched (`loaded_private_bytes_per_image`, Linux); the embeddings file stays on disk and only
+shortlisted rows are read, so disk per image is reported apart. Exact fp32 search holds 4 D bytes per image in memory.
 
 The gallery is N random unit vectors of width D (`blip2-vit-g`'s `embedding_dim`), generated in seeded
 chunks and never held whole in fp32: each chunk is added to the index and scored against the queries (exact
 top-k by chunked matmul, merged as it goes). Random vectors have no structure, so the query model is stated:
 each query is a noisy copy of a gallery vector (`normalize(g + noise * n / sqrt(D))`; at the default
-`--noise 3`, cos(query, target) is about 0.32), as a composed query lands near its target. Its target is the exact top 1; the other exact top-k
-items are the tail of N random inner products, packed closely together, which is the hard part for a lossy
-code. Worse, inverted lists cannot help there: those neighbours are spread evenly over the lists, so recall
-grows with nprobe / nlist (the sweep shows it); on real, clustered embeddings a small nprobe suffices
-(`bench_retrieval.py` measures a clustered gallery). Index training uses a separately seeded sample of the
-same distribution, not gallery rows. Bytes per image is the saved FAISS file's size over N (codes, ids, lists,
-codebooks); exact fp32 search holds 4 D bytes per image.
+`--noise 3`, cos(query, target) is about 0.32), as a composed query lands near its target. Its target is the
+exact top 1; the other exact top-k items are the tail of N random inner products, packed closely together:
+ordering those needs a score error below 0.05 of their spread for 0.9 recall@50, about 4.3 bits a dimension,
+more than the 4 that 1/8 of fp32 allows (docs/scaling.md), which is why the codes alone fall short and a
+shortlist re-scored exactly does not. Inverted lists cannot help on such data either: those neighbours are
+spread evenly over the lists, so recall grows with nprobe / nlist (the sweep shows it); on real, clustered
+embeddings a small nprobe suffices (`bench_retrieval.py` measures a clustered gallery). Index training uses a
+separately seeded sample of the same distribution, not gallery rows.
 
 Progress goes to stderr; the last stdout line is one JSON object whose headline is
 `ivfpq_recall_at_50_vs_exact` (target >= 0.9) with `ivfpq_bytes_per_image_vs_fp32` (target <= 1/8).
@@ -43,6 +48,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import socket  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -52,8 +58,8 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from facap_io.lists import int_list  # noqa: E402
-from facap_retrieval.index import FAISS_FILE, IndexBuilder, IndexOptions  # noqa: E402
+from facap_io.lists import int_list, parse_list  # noqa: E402
+from facap_retrieval.index import FAISS_FILE, CIRIndex, IndexBuilder, IndexOptions, top_k_overlap  # noqa: E402
 
 K_VALUES = (10, 50)
 DEFAULT_NOISE = 3.0  # query = normalize(target + noise * n / sqrt(D)): cos(query, target) = 1 / sqrt(1 + noise**2)
@@ -110,27 +116,24 @@ class RunningTopK:
         self.scores, self.indices = keep.values, torch.gather(candidates, 1, keep.indices)
 
 
-def recall(found: torch.Tensor, exact: torch.Tensor, k: int) -> float:
-    """Recall@k against exact search as the product-quantization literature defines it: the share of queries
-    whose exact nearest neighbour is among the k items found."""
+def nn_recall(found: torch.Tensor, exact: torch.Tensor, k: int) -> float:
+    """Recall@k as the product-quantization literature defines it: the share of queries whose exact nearest
+    neighbour is among the k items found."""
     return (found[:, :k] == exact[:, :1]).any(dim=1).float().mean().item()
 
 
-def overlap(found: torch.Tensor, exact: torch.Tensor, k: int) -> float:
-    """The share of the exact top-k that the k items found hold, averaged over the queries."""
-    shared = [len(set(a[:k]) & set(b[:k])) for a, b in zip(exact.tolist(), found.tolist())]
-    return sum(shared) / (k * len(shared))
-
-
-def faiss_size(size: int, dim: int, args, backends: list[str]) -> dict:
+def faiss_size(size: int, dim: int, args, backends: list[str], work: Path) -> dict:
     """Build every backend over one streamed pass of a gallery of `size`, then measure recall and bytes."""
     log(f"--- {size:,} random unit vectors of width {dim}, {args.queries} queries, chunks of {args.chunk:,}")
     started = time.perf_counter()
+    work.mkdir(parents=True)
     training = _unit_chunk(min(args.train_size, size), dim, seed=args.seed * 100_003 - 1)
     builders = {}
     for backend in backends:
-        options = IndexOptions(backend, nlist=args.nlist, nprobe=args.nprobe, m=args.m, nbits=args.nbits)
-        builders[backend] = IndexBuilder(dim, options, size, keep_embeddings=False)
+        rerank = args.rerank if backend == HEADLINE_BACKEND else 0
+        options = IndexOptions(backend, nlist=args.nlist, nprobe=args.nprobe, m=args.m, nbits=args.nbits, rerank=rerank)
+        keep = backend == HEADLINE_BACKEND and max(args.rerank, *args.rerank_sweep) > 0
+        builders[backend] = IndexBuilder(dim, options, size, keep_embeddings=keep, scratch_dir=work)
         tick = time.perf_counter()
         if builders[backend].needs_training:
             builders[backend].train(training)
@@ -152,42 +155,62 @@ def faiss_size(size: int, dim: int, args, backends: list[str]) -> dict:
     report = {"size": size, "dim": dim, "queries": args.queries, "exact_fp32_bytes_per_image": 4 * dim,
               "targets_ranked_first_by_exact": round(target_rank1, 4)}  # fmt: skip
     for backend, builder in builders.items():
-        report[backend] = measure_backend(builder, queries, exact.indices, add_s[backend], args)
+        report[backend] = measure_backend(builder, queries, exact.indices, add_s[backend], args, work / backend)
     report["seconds"] = round(time.perf_counter() - started, 1)
     return report
 
 
-def measure_backend(builder: IndexBuilder, queries: torch.Tensor, exact: torch.Tensor, add_s: float, args) -> dict:
-    index = builder.finish()
-    with tempfile.TemporaryDirectory(prefix="bench_index_") as work:
-        folder = index.save(Path(work) / "index")
-        file_bytes = (folder / FAISS_FILE).stat().st_size
-    result = {**index.options.parameters(), "add_s": round(add_s, 1),
-              "bytes_per_image": round(file_bytes / len(index), 1),
-              "bytes_per_image_vs_fp32": round(file_bytes / len(index) / (4 * index.dim), 4)}  # fmt: skip
-    sweep = sorted({p for p in (*args.nprobe_sweep, index.options.nprobe) if p <= (index.options.nlist or 0)})
-    for nprobe in sweep or [None]:
-        searched = index if nprobe is None else _with_nprobe(index, nprobe)
+def measure_backend(builder: IndexBuilder, queries: torch.Tensor, exact: torch.Tensor, add_s: float, args,
+                    folder: Path) -> dict:  # fmt: skip
+    """Save the built index, load it back as a reader would (embeddings memory-mapped) and search it with each
+    swept nprobe (at the chosen rerank) and each swept rerank (at the chosen nprobe)."""
+    built = builder.finish()
+    tick = time.perf_counter()
+    built.save(folder)
+    save_s = time.perf_counter() - tick
+    options, size = built.options, len(built)
+    del built  # searched below as a reader loads it: the embeddings mapped from the saved file
+    memory_bytes = (folder / FAISS_FILE).stat().st_size
+    disk_bytes = sum(path.stat().st_size for path in folder.iterdir())
+    result = {**options.parameters(), "add_s": round(add_s, 1), "save_s": round(save_s, 1),
+              "bytes_per_image": round(memory_bytes / size, 1),
+              "bytes_per_image_vs_fp32": round(memory_bytes / size / (4 * builder.dim), 4),
+              "disk_bytes_per_image": round(disk_bytes / size, 1)}  # fmt: skip
+    nlist = options.nlist or 0
+    settings = [(p, options.rerank) for p in sorted({*args.nprobe_sweep, options.nprobe}) if p <= nlist]
+    if options.backend == HEADLINE_BACKEND:
+        settings += [(options.nprobe, r) for r in sorted(set(args.rerank_sweep)) if r != options.rerank]
+    for nprobe, rerank in settings or [(None, 0)]:
+        anon_before = _anonymous_memory()
+        searched = CIRIndex.load(folder, **({} if nprobe is None else {"nprobe": nprobe}),
+                                 **({"rerank": rerank} if options.backend == HEADLINE_BACKEND else {}))  # fmt: skip
         tick = time.perf_counter()
         found = searched.search(queries, max(K_VALUES)).indices
         seconds = time.perf_counter() - tick
-        row = {f"recall_at_{k}_vs_exact": round(recall(found, exact, k), 4) for k in K_VALUES}
-        row.update({f"overlap_at_{k}_vs_exact": round(overlap(found, exact, k), 4) for k in K_VALUES})
+        row = {f"recall_at_{k}_vs_exact": round(top_k_overlap(found, exact, k), 4) for k in K_VALUES}
+        row.update({f"nn_recall_at_{k}": round(nn_recall(found, exact, k), 4) for k in K_VALUES})
         row["search_ms_per_query"] = round(1000 * seconds / len(queries), 2)
-        log(f"{index.backend} nprobe={nprobe}: {row}")
-        if nprobe is None or nprobe == index.options.nprobe:
+        log(f"{options.backend} nprobe={nprobe} rerank={rerank}: {row}")
+        if nprobe in (None, options.nprobe) and rerank == options.rerank:
             result.update(row)
-        if nprobe is not None:
-            result.setdefault("nprobe_sweep", {})[str(nprobe)] = row
-    log(f"{index.backend}: {result}")
+            if anon_before is not None:  # what loading and searching took in private memory: the mapped rows are not
+                grown = _anonymous_memory() - anon_before
+                result["loaded_private_bytes_per_image"] = round(grown / size, 1)
+        result.setdefault("sweep", {})[f"nprobe={nprobe},rerank={rerank}"] = row
+        del searched
+    log(f"{options.backend}: {result}")
     return result
 
 
-def _with_nprobe(index, nprobe: int):
-    import faiss
-
-    faiss.extract_index_ivf(index._faiss_index).nprobe = nprobe
-    return index
+def _anonymous_memory() -> int | None:
+    """This process's resident private (anonymous) memory in bytes, from /proc (None elsewhere): a mapped
+    file's pages count as RssFile instead, reclaimable by the kernel."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    return int(fields["RssAnon"].split()[0]) * 1024 if "RssAnon" in fields else None
 
 
 # ----------------------------------------------------------------------------------------------- encoding
@@ -238,6 +261,17 @@ def encoding(work: Path, num_images: int, batch_size: int) -> dict:
             **runs, "speedup_2_vs_1": round(ratio, 3)}  # fmt: skip
 
 
+def rerank_list(text: str) -> list[int]:
+    """argparse `type=` for comma-separated rerank factors: 0 (off) or positive."""
+    try:
+        values = parse_list(text, int, what="integer")
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if min(values) < 0:
+        raise argparse.ArgumentTypeError(f"rerank factors are 0 (off) or positive, got {text!r}")
+    return values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int_list, default=[100_000], help="gallery sizes, e.g. 100000,1000000")
@@ -250,6 +284,11 @@ def main() -> None:
     parser.add_argument("--nprobe-sweep", type=int_list, default=[16, 64], help="extra nprobe values to report")
     parser.add_argument("--m", type=int, help="PQ sub-quantizers (default: one byte per 3 dimensions)")
     parser.add_argument("--nbits", type=int, default=8)
+    parser.add_argument("--rerank", type=int, default=20, help="IVF-PQ shortlist factor re-scored exactly (0: codes alone)")
+    parser.add_argument("--rerank-sweep", type=rerank_list, default=[0, 5, 10, 40],
+                        help="other rerank factors to report (0: the codes alone)")  # fmt: skip
+    parser.add_argument("--work-dir", type=Path, help="where the indexes are written (default: a temporary folder); "
+                                                       "1M vectors need about 2 x 12 GB")  # fmt: skip
     parser.add_argument("--train-size", type=int, default=16_384, help="vectors the IVF/PQ training sees")
     parser.add_argument("--chunk", type=int, default=25_000, help="gallery rows generated (and held) at a time")
     parser.add_argument("--seed", type=int, default=0)
@@ -270,13 +309,22 @@ def main() -> None:
         dim = preset_width(args.preset)
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
         result.update({"preset": args.preset, "dim": dim, "faiss_threads": faiss.omp_get_max_threads()})
-        result["sizes"] = [faiss_size(size, dim, args, backends) for size in args.sizes]
+        with tempfile.TemporaryDirectory(prefix="bench_index_", dir=args.work_dir) as work:
+            result["sizes"] = []
+            for size in args.sizes:
+                result["sizes"].append(faiss_size(size, dim, args, backends, Path(work) / str(size)))
+                shutil.rmtree(Path(work) / str(size))  # this size's indexes: the next needs the disk
         if HEADLINE_BACKEND in backends:
             largest = result["sizes"][-1][HEADLINE_BACKEND]
+            codes_alone = largest["sweep"].get(f"nprobe={largest['nprobe']},rerank=0", {})
             result["ivfpq_recall_at_10_vs_exact"] = largest["recall_at_10_vs_exact"]
             result["ivfpq_recall_at_50_vs_exact"] = largest["recall_at_50_vs_exact"]
-            result["ivfpq_overlap_at_50_vs_exact"] = largest["overlap_at_50_vs_exact"]
+            result["ivfpq_rerank"] = largest["rerank"]
+            result["ivfpq_recall_at_50_without_rerank"] = codes_alone.get("recall_at_50_vs_exact")
+            result["ivfpq_nn_recall_at_50"] = largest["nn_recall_at_50"]
             result["ivfpq_bytes_per_image_vs_fp32"] = largest["bytes_per_image_vs_fp32"]
+            result["ivfpq_disk_bytes_per_image"] = largest["disk_bytes_per_image"]
+            result["ivfpq_search_ms_per_query"] = largest["search_ms_per_query"]
             result["ivfpq_headline_size"] = result["sizes"][-1]["size"]
     print(json.dumps(result))
 

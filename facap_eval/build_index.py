@@ -2,14 +2,16 @@
 and evaluation read.
 
     python -m facap_eval.build_index --model runs/demo/final --dataset data/synthetic --config dress-gallery \\
-        --split validation --out indexes/dress [--backend faiss-ivfpq --nlist 256 --nprobe 32 --m 1024 --nbits 8]
+        --split validation --out indexes/dress [--backend faiss-ivfpq --nlist 256 --nprobe 32 --m 1024 --nbits 8
+        --rerank 20]
     accelerate launch -m facap_eval.build_index ...        # encoding sharded over the processes
 
 The gallery is read in blocks of `--block-size` rows (memory-mapped Arrow, decoded a batch at a time), so
 memory is bounded by a block's embeddings and the index, not by the images or the whole gallery's fp32
 embeddings. Each block is encoded through `facap_eval.gallery_embeddings` (sharded over the processes of an
 Accelerate launch, cached in `--cache-dir` when given); the main process trains the index on the first
-blocks, adds every block and writes the folder once, whole. The folder records the backend and every
+blocks, adds every block and writes the folder once, whole; embeddings the index keeps (exact, `--rerank`,
+`--keep-embeddings`) spill to an unlinked temporary file beside `--out` until then. The folder records the backend and every
 parameter, the embedding width, the model fingerprint and the gallery (dataset, config, split, fingerprint),
 so a reader refuses it for another model or gallery. Everything that can be checked is checked before any
 image is encoded; bad input is one `error:` line and exit code 2.
@@ -79,8 +81,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--nbits", type=int, help="IVF-PQ bits per code (default 8)")
     parser.add_argument("--hnsw-m", type=int, default=32, help="HNSW graph degree")
     parser.add_argument("--ef-search", type=int, default=256, help="HNSW search breadth")
+    parser.add_argument("--rerank", type=int, default=0,
+                        help="IVF-PQ: re-score the RERANK*k best candidates by code exactly against the stored fp32 "
+                             "embeddings (memory-mapped from disk, so memory holds only the codes); 0: off")  # fmt: skip
     parser.add_argument("--keep-embeddings", action="store_true",
-                        help="also store the fp32 embeddings (always for exact; lets a FAISS index be rebuilt)")  # fmt: skip
+                        help="also store the fp32 embeddings (always for exact and --rerank; lets a FAISS index be rebuilt)")  # fmt: skip
     parser.add_argument("--block-size", type=int, default=DEFAULT_BLOCK_SIZE, help="gallery rows encoded per block")
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass (per process)")
     parser.add_argument("--precision", default="fp32", choices=tuple(PRECISIONS))
@@ -94,7 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def plan_from_args(args: argparse.Namespace) -> BuildPlan:
     index = IndexOptions(args.backend, nlist=args.nlist, nprobe=args.nprobe, m=args.m, nbits=args.nbits,
-                         hnsw_m=args.hnsw_m, ef_search=args.ef_search)  # fmt: skip
+                         hnsw_m=args.hnsw_m, ef_search=args.ef_search, rerank=args.rerank)  # fmt: skip
     return BuildPlan(args.model, args.dataset, args.config, args.split, args.out, index, args.block_size,
                      True if args.keep_embeddings else None, args.trust_remote_code)  # fmt: skip
 
@@ -138,7 +143,8 @@ def run(plan: BuildPlan, args: argparse.Namespace) -> dict | None:
             pass
         return None
     started = time.perf_counter()
-    index = build_index(blocks, dim, len(ids), options, source=source, keep_embeddings=plan.keep_embeddings)
+    index = build_index(blocks, dim, len(ids), options, source=source, keep_embeddings=plan.keep_embeddings,
+                        scratch_dir=plan.out.parent)  # fmt: skip
     index.save(plan.out)
     return {
         "index": str(plan.out), "images": len(index), "processes": runtime.num_processes, "backend": index.backend,

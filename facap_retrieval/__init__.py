@@ -1,5 +1,6 @@
 """Retrieval over embeddings: exact ranking and the one Recall@K (`ranking`), the on-disk index (`index`), the
-gallery-embedding cache keyed by model and data fingerprints (`cache`) and the visual report (`report`).
+embedding files it and the cache write and map (`vectors`), the gallery-embedding cache keyed by model and
+data fingerprints (`cache`) and the visual report (`report`).
 
 It imports no model and no trainer: embeddings come in as tensors, images as dataset rows.
 """

@@ -4,8 +4,14 @@ with the evaluation's gallery cache.
 Backends: `exact` (chunked inner product + `torch.topk`, the default and the reference) and, with `faiss-cpu`
 installed, `faiss-flat` (exact inner product), `faiss-ivf` (inverted lists; `nlist`, `nprobe`), `faiss-ivfpq`
 (inverted lists of product-quantized codes: `m` bytes per vector at `nbits=8`, instead of `4 D` for fp32;
-`nlist`, `nprobe`, `m`, `nbits`) and `faiss-hnsw` (graph; `hnsw_m`, `ef_search`). The approximate ones trade
-recall for speed or memory on large catalogues: measure it with `recall_vs_exact`.
+`nlist`, `nprobe`, `m`, `nbits`, `rerank`) and `faiss-hnsw` (graph; `hnsw_m`, `ef_search`). The approximate
+ones trade recall for speed or memory on large catalogues: measure it with `recall_vs_exact`.
+
+IVF-PQ re-ranking (`rerank=R`): the codes pick a shortlist of `R k` candidates and their stored fp32 embeddings,
+memory-mapped from the folder, re-score it exactly. The codes stay the only per-vector memory the index holds;
+the embeddings sit on disk and only the shortlist's rows are read. A PQ code's score error is what loses
+recall: the exact top k of a large gallery are near-ties, and no code of 4 bits a dimension orders them well
+(docs/scaling.md), while a shortlist a few times k long still holds them all.
 
 An embedding folder (a cached gallery) holds `embeddings.safetensors` (one `(N, D)` tensor plus JSON metadata
 that includes a hash of the ids) and `ids.json` (the N gallery ids in row order), so a folder whose two files
@@ -14,9 +20,11 @@ do not belong together is refused instead of silently misread.
 An index folder holds `index.json` (the manifest: backend and every parameter, embedding width, size, ids hash,
 and what the index was built from: model fingerprint, dataset, config, split, gallery fingerprint), `ids.json`,
 `index.faiss` for the FAISS backends (FAISS's own binary format, read by `faiss.read_index`; it carries data,
-never code) and `embeddings.safetensors` when the index keeps its fp32 embeddings (always for `exact`; for a
-FAISS backend only when asked, since keeping them undoes IVF-PQ's memory saving). A reader refuses a folder
-built by another model or of another width (`check_index`, `CIRIndex.load(..., expect_model=...)`), naming both.
+never code) and `embeddings.safetensors` when the index keeps its fp32 embeddings (always for `exact` and for a
+re-ranking IVF-PQ; for another FAISS backend only when asked). A loaded index maps that file rather than
+reading it (`facap_retrieval.vectors`), and a builder spills the rows it keeps to a temporary file, so neither
+holds a large gallery's fp32 embeddings in memory. A reader refuses a folder built by another model or of
+another width (`check_index`, `CIRIndex.load(..., expect_model=...)`), naming both.
 
 Folders are written whole: built in a hidden sibling and swapped in, so a killed write never leaves half an
 index, and an existing folder that holds anything but an index or embeddings is never replaced.
@@ -34,10 +42,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from facap_io.atomic import staged_folder
 from facap_retrieval.ranking import RetrievalError, rank_gallery
+from facap_retrieval.vectors import RowSpill, chunks_of, map_rows, write_rows
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 IDS_FILE = "ids.json"
@@ -50,11 +58,11 @@ BACKEND_PARAMETERS = {
     "exact": (),
     "faiss-flat": (),
     "faiss-ivf": ("nlist", "nprobe"),
-    "faiss-ivfpq": ("nlist", "nprobe", "m", "nbits"),
+    "faiss-ivfpq": ("nlist", "nprobe", "m", "nbits", "rerank"),
     "faiss-hnsw": ("hnsw_m", "ef_search"),
 }
 # Parameters that only steer the search: a loaded index takes new values without being rebuilt.
-SEARCH_PARAMETERS = ("nprobe", "ef_search")
+SEARCH_PARAMETERS = ("nprobe", "ef_search", "rerank")
 # FAISS's k-means wants this many training points per centroid; fewer trains poorer lists.
 _POINTS_PER_CENTROID = 39
 # Default IVF-PQ code: one byte per DIMS_PER_CODE dimensions (1/12 of fp32 at 3), see docs/scaling.md.
@@ -88,7 +96,8 @@ def check_destination(directory: str | os.PathLike) -> None:
 def _write_embeddings(folder: Path, embeddings: torch.Tensor, ids: Sequence[str], metadata: dict) -> None:
     header = {_METADATA_KEY: json.dumps({**metadata, "ids_sha256": _ids_hash(ids)})}
     (folder / IDS_FILE).write_text(json.dumps(list(ids)))
-    save_file({_TENSOR_KEY: embeddings.detach().cpu().contiguous()}, str(folder / EMBEDDINGS_FILE), metadata=header)
+    write_rows(folder / EMBEDDINGS_FILE, chunks_of(embeddings), tuple(embeddings.shape), embeddings.dtype,
+               key=_TENSOR_KEY, metadata=header)  # fmt: skip
 
 
 def save_embeddings(directory: str | os.PathLike, embeddings: torch.Tensor, ids: Sequence[str], metadata: dict | None = None) -> Path:
@@ -133,7 +142,8 @@ class IndexOptions:
 
     nlist: inverted lists (IVF, IVF-PQ; default 4 sqrt(N), at most N / 39); nprobe: lists searched per query;
     m: PQ sub-quantizers, a divisor of the width D (default the largest divisor <= D / 3); nbits: bits per
-    PQ code (default 8, fewer for a gallery under 256 vectors); hnsw_m, ef_search: HNSW graph degree and
+    PQ code (default 8, fewer for a gallery under 256 vectors); rerank: IVF-PQ re-scores the `rerank * k`
+    best candidates by code against the kept embeddings (0: off); hnsw_m, ef_search: HNSW graph degree and
     search breadth.
     """
 
@@ -144,6 +154,7 @@ class IndexOptions:
     nbits: int | None = None
     hnsw_m: int = 32
     ef_search: int = 256
+    rerank: int = 0
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -154,6 +165,15 @@ class IndexOptions:
                 raise RetrievalError(f"index option {name}={value!r} must be a positive integer")
         if self.nbits is not None and self.nbits > 16:
             raise RetrievalError(f"index option nbits={self.nbits} must be at most 16")
+        if not isinstance(self.rerank, int) or isinstance(self.rerank, bool) or self.rerank < 0:
+            raise RetrievalError(f"index option rerank={self.rerank!r} must be 0 (off) or a positive integer")
+        if self.rerank and self.backend != "faiss-ivfpq":
+            raise RetrievalError(f"rerank={self.rerank} applies to faiss-ivfpq only: {self.backend} scores exactly already")
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether searching reads the fp32 embeddings (exact search, IVF-PQ re-ranking)."""
+        return self.backend == "exact" or self.rerank > 0
 
     def parameters(self) -> dict[str, Any]:
         """The parameters this backend uses, by name."""
@@ -342,20 +362,24 @@ class IndexBuilder:
     backend does not need it: `train(sample)` (IVF and IVF-PQ learn their lists and codes from it), then
     `add(chunk, ids)` any number of times, then `finish(source)`.
 
-    `size` is the gallery size the defaults are chosen for (IndexOptions.resolved); `keep_embeddings` keeps
-    the fp32 rows (needed by `exact`, optional for FAISS backends; default: only for `exact`).
+    `size` is the gallery size the defaults are chosen for (IndexOptions.resolved) and the most vectors it
+    takes; `keep_embeddings` keeps the fp32 rows (needed by `exact` and IVF-PQ re-ranking, optional for the
+    other FAISS backends; default: only when needed), spilled to a temporary file in `scratch_dir` (the
+    system's temporary folder when None) so they never sit whole in memory.
     """
 
-    def __init__(self, dim: int, options: IndexOptions, size: int, *, keep_embeddings: bool | None = None):
+    def __init__(self, dim: int, options: IndexOptions, size: int, *, keep_embeddings: bool | None = None,
+                 scratch_dir: str | os.PathLike | None = None):  # fmt: skip
         if size < 1 or dim < 1:
             raise RetrievalError(f"an index needs N >= 1 vectors of width D >= 1, got N={size}, D={dim}")
         self.dim = dim
         self.options = options.resolved(size, dim)
-        self.keep_embeddings = options.backend == "exact" if keep_embeddings is None else keep_embeddings
-        if options.backend == "exact" and not self.keep_embeddings:
-            raise RetrievalError("the exact backend searches the embeddings: it must keep them")
+        self.keep_embeddings = options.needs_embeddings if keep_embeddings is None else keep_embeddings
+        if options.needs_embeddings and not self.keep_embeddings:
+            what = "the exact backend searches" if options.backend == "exact" else f"rerank={options.rerank} re-scores with"
+            raise RetrievalError(f"{what} the embeddings: the index must keep them")
         self._faiss = None if options.backend == "exact" else _new_faiss_index(self.options, dim)
-        self._chunks: list[torch.Tensor] = []
+        self._spill = RowSpill(size, dim, scratch_dir) if self.keep_embeddings else None
         self._ids: list[str] = []
 
     @property
@@ -378,10 +402,10 @@ class IndexBuilder:
             raise RetrievalError(f"{len(ids)} ids for {len(embeddings)} embeddings")
         if self.needs_training:
             raise RetrievalError(f"{self.options.backend} must be trained on a sample before vectors are added")
+        if self._spill is not None:
+            self._spill.append(embeddings)
         if self._faiss is not None:
             self._faiss.add(_as_numpy(embeddings))
-        if self.keep_embeddings:
-            self._chunks.append(embeddings.detach().float().cpu())
         self._ids.extend(ids)
 
     def finish(self, source: IndexSource | None = None) -> "CIRIndex":
@@ -389,7 +413,7 @@ class IndexBuilder:
             raise RetrievalError("an index needs at least one vector; none was added")
         if len(set(self._ids)) != len(self._ids):
             raise RetrievalError("gallery ids must be unique")
-        embeddings = torch.cat(self._chunks).contiguous() if self.keep_embeddings else None
+        embeddings = self._spill.tensor() if self._spill is not None else None
         if self._faiss is not None:
             _apply_search_parameters(self._faiss, self.options)
         return CIRIndex(self._ids, self.options, self.dim, embeddings=embeddings, faiss_index=self._faiss, source=source)
@@ -424,6 +448,8 @@ class CIRIndex:
     def __init__(self, ids: Sequence[str], options: IndexOptions, dim: int, *, embeddings: torch.Tensor | None = None,
                  faiss_index=None, source: IndexSource | None = None):  # fmt: skip
         """Assemble an index from built parts; use `build`, `IndexBuilder` or `load` to make one."""
+        if options.needs_embeddings and embeddings is None:
+            raise RetrievalError(f"{options.backend} with {options.parameters()} searches the embeddings, and none were given")
         self.ids, self.options, self.dim, self.source = list(ids), options, dim, source or IndexSource()
         self.embeddings, self._faiss_index = embeddings, faiss_index
 
@@ -437,11 +463,18 @@ class CIRIndex:
         ids = list(ids)
         if len(ids) != len(embeddings):
             raise RetrievalError(f"{len(ids)} ids for {len(embeddings)} embeddings")
-        builder = IndexBuilder(embeddings.shape[1], IndexOptions(backend, **options), len(ids), keep_embeddings=True)
-        if builder.needs_training:
-            builder.train(embeddings)
-        builder.add(embeddings, ids)
-        return builder.finish(source)
+        if len(set(ids)) != len(ids):
+            raise RetrievalError("gallery ids must be unique")
+        wanted, dim = IndexOptions(backend, **options), embeddings.shape[1]
+        faiss_index = None
+        if wanted.backend != "exact":  # the codes only: the index keeps the given tensor itself, uncopied
+            builder = IndexBuilder(dim, replace(wanted, rerank=0), len(ids), keep_embeddings=False)
+            if builder.needs_training:
+                builder.train(embeddings)
+            builder.add(embeddings, ids)
+            faiss_index = builder.finish()._faiss_index
+        return cls(ids, wanted.resolved(len(ids), dim), dim, embeddings=embeddings.detach().float().cpu(),
+                   faiss_index=faiss_index, source=source)  # fmt: skip
 
     @property
     def backend(self) -> str:
@@ -461,10 +494,27 @@ class CIRIndex:
             ranking = rank_gallery(queries, self.embeddings, k)
             scores, indices = ranking.scores, ranking.indices
         else:
-            scores, indices = self._faiss_index.search(queries.contiguous().numpy(), k)
+            shortlist = min(len(self), k * self.options.rerank) if self.options.rerank else k
+            scores, indices = self._faiss_index.search(queries.contiguous().numpy(), shortlist)
             scores, indices = torch.from_numpy(scores), torch.from_numpy(indices).long()
+            if self.options.rerank:
+                scores, indices = self._rerank(queries, indices, k)
         ids = [[self.ids[i] if i >= 0 else None for i in row] for row in indices.tolist()]
         return SearchResult(scores, indices, ids)
+
+    def _rerank(self, queries: torch.Tensor, shortlists: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top k of each query's shortlist (`(Q, S)` indices, -1 for none) re-scored exactly against the
+        kept embeddings; only the shortlisted rows are read."""
+        scores = torch.full((len(queries), k), float("-inf"))
+        indices = torch.full((len(queries), k), -1, dtype=torch.long)
+        for row, (query, shortlist) in enumerate(zip(queries, shortlists)):
+            # unique sorts the rows, so reads go forward through the file and equal scores keep the lower
+            # index first, as exact search orders them
+            candidates = torch.unique(shortlist[shortlist >= 0])
+            exact = self.embeddings[candidates] @ query
+            order = torch.sort(exact, descending=True, stable=True).indices[:k]
+            scores[row, : len(order)], indices[row, : len(order)] = exact[order], candidates[order]
+        return scores, indices
 
     def manifest(self, directory: Path) -> IndexManifest:
         return IndexManifest(directory, self.backend, self.options.parameters(), self.dim, len(self),
@@ -494,8 +544,9 @@ class CIRIndex:
         model fingerprint), `expect_dim` or `expect_gallery` (a gallery fingerprint) differ from what it
         records; `model` names the model in use in that message.
 
-        The saved FAISS index is read as built; search parameters (`nprobe`, `ef_search`) may be overridden.
-        Another `backend` or build parameter rebuilds from the saved embeddings (an error when none are kept).
+        The saved FAISS index is read as built; search parameters (`nprobe`, `ef_search`, `rerank`) may be
+        overridden. Another `backend` or build parameter rebuilds from the saved embeddings (an error when none
+        are kept). The embeddings are memory-mapped, not read.
         """
         manifest = check_index(directory, model_fingerprint=expect_model, embedding_dim=expect_dim,
                                gallery_fingerprint=expect_gallery, model=model)  # fmt: skip
@@ -505,6 +556,11 @@ class CIRIndex:
             k: v for k, v in asdict(saved).items() if k not in SEARCH_PARAMETERS
         }
         embeddings, ids = cls._read_vectors(manifest)
+        if wanted.rerank and embeddings is None:
+            raise RetrievalError(
+                f"index {manifest.directory} keeps no embeddings, so it cannot re-rank (rerank={wanted.rerank}): "
+                "rebuild it with --rerank or --keep-embeddings"
+            )
         if rebuild or (wanted.backend != "exact" and not (manifest.directory / FAISS_FILE).is_file()):
             if embeddings is None:
                 raise RetrievalError(
@@ -522,11 +578,15 @@ class CIRIndex:
 
     @staticmethod
     def _read_vectors(manifest: IndexManifest) -> tuple[torch.Tensor | None, list[str]]:
+        """The folder's ids and its kept embeddings, memory-mapped (None when it keeps none)."""
         if manifest.has_embeddings:
-            embeddings, ids, _ = load_embeddings(manifest.directory)
-            if _ids_hash(ids) != manifest.ids_sha256 or embeddings.shape != (manifest.count, manifest.embedding_dim):
+            rows, metadata = map_rows(manifest.directory / EMBEDDINGS_FILE, key=_TENSOR_KEY)
+            recorded = json.loads(metadata.get(_METADATA_KEY, "{}")).get("ids_sha256")
+            if recorded != manifest.ids_sha256 or rows.shape != (manifest.count, manifest.embedding_dim):
                 raise RetrievalError(f"{manifest.directory}: {EMBEDDINGS_FILE} does not belong to {MANIFEST_FILE}")
-            return embeddings.float(), ids
+            ids = _read_ids(manifest.directory, manifest.ids_sha256)
+            embeddings = torch.from_numpy(rows)
+            return (embeddings if embeddings.dtype == torch.float32 else embeddings.float()), ids
         if not (manifest.directory / IDS_FILE).is_file():
             raise RetrievalError(f"{manifest.directory} is not an index folder: {IDS_FILE} is missing")
         return None, _read_ids(manifest.directory, manifest.ids_sha256)
@@ -539,11 +599,11 @@ def _given(options: IndexOptions) -> dict[str, Any]:
 
 def build_index(chunks: Iterable[tuple[torch.Tensor, Sequence[str]]], dim: int, size: int, options: IndexOptions,
                 *, training_sample: torch.Tensor | None = None, source: IndexSource | None = None,
-                keep_embeddings: bool | None = None) -> CIRIndex:  # fmt: skip
+                keep_embeddings: bool | None = None, scratch_dir: str | os.PathLike | None = None) -> CIRIndex:  # fmt: skip
     """An index from `(embeddings, ids)` chunks of a gallery of `size` vectors of width `dim`. A backend that
     trains (IVF, IVF-PQ) learns from `training_sample`, or, when it is None, from the first chunks (up to
-    the size its defaults need), which are then added in order."""
-    builder = IndexBuilder(dim, options, size, keep_embeddings=keep_embeddings)
+    the size its defaults need), which are then added in order. Kept embeddings spill to `scratch_dir`."""
+    builder = IndexBuilder(dim, options, size, keep_embeddings=keep_embeddings, scratch_dir=scratch_dir)
     pending: list[tuple[torch.Tensor, Sequence[str]]] = []
     if builder.needs_training and training_sample is not None:
         builder.train(training_sample)
@@ -578,9 +638,14 @@ def recall_vs_exact(index: CIRIndex, query_embeddings: torch.Tensor, k: int, exa
     if reference is None:
         raise RetrievalError("recall_vs_exact needs the exact embeddings: the index keeps none, pass exact_embeddings")
     exact = rank_gallery(query_embeddings.float().cpu(), reference.float().cpu(), k).indices
-    found = index.search(query_embeddings, k).indices
-    overlap = [len(set(a) & set(b)) for a, b in zip(exact.tolist(), found.tolist())]
-    return sum(overlap) / (k * len(overlap))
+    return top_k_overlap(index.search(query_embeddings, k).indices, exact, k)
+
+
+def top_k_overlap(found: torch.Tensor, exact: torch.Tensor, k: int) -> float:
+    """The share (0..1) of each query's exact top k (`(Q, >= k)` indices, best first) among its first k found
+    (`(Q, >= k)`), averaged over the queries: `recall_vs_exact` for an exact ranking computed elsewhere."""
+    shared = [len(set(a[:k]) & set(b[:k])) for a, b in zip(exact.tolist(), found.tolist())]
+    return sum(shared) / (k * len(shared))
 
 
 def index_folders(values: Sequence[str], configs: Sequence[str]) -> dict[str, Path]:

@@ -21,11 +21,11 @@ pytest.importorskip("faiss")
 CONFIG = "dress-gallery"
 
 
-def saved_index(model_dir, dataset_dir, folder, backend: str) -> Path:
+def saved_index(model_dir, dataset_dir, folder, backend: str, *extra: str) -> Path:
     """An index folder written by the index-building command (`python -m facap_eval.build_index`)."""
     code = build_index_main(["--model", str(model_dir), "--dataset", str(dataset_dir), "--config", CONFIG,
                              "--split", "validation", "--out", str(folder), "--backend", backend, "--block-size", "8",
-                             "--no-progress"])  # fmt: skip
+                             "--no-progress", *extra])  # fmt: skip
     assert code == 0
     return folder
 
@@ -49,6 +49,17 @@ def test_app_serves_an_ivfpq_index_without_encoding_the_gallery(tiny_model_dir, 
     query, _ = engine.encode_query(catalogue.image(0), "is red with long sleeves")
     assert shown == [i for i in catalogue.index.search(query, 5).ids[0] if i is not None]
     assert len(shown) == 5 and set(shown) <= set(catalogue.ids)
+
+
+def test_app_serves_a_reranking_ivfpq_index_with_the_exact_ranking(tiny_model_dir, synthetic_dir, tmp_path):
+    folder = saved_index(tiny_model_dir, synthetic_dir, tmp_path / "ivfpq", "faiss-ivfpq", "--rerank", "100")
+    _, engine = create_app(serve_args(tiny_model_dir, synthetic_dir, folder, tmp_path), tmp_path / "files")
+    index = engine.catalogues["dress"].index
+    assert index.options.rerank == 100 and index.embeddings is not None  # mapped from the folder
+    query, _ = engine.encode_query(engine.catalogues["dress"].image(1), "is blue")
+    # a shortlist of 100 k covers the small gallery: the served top 5 is exact search's
+    exact = torch.topk(index.embeddings @ query[0], 5).indices.tolist()
+    assert index.search(query, 5).ids[0] == [index.ids[i] for i in exact]
 
 
 def test_index_of_another_model_is_refused_naming_both(tiny_model_dir, synthetic_dir, tmp_path, tiny_processor):

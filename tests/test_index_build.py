@@ -53,7 +53,7 @@ def test_ivfpq_index_records_its_parameters_and_refuses_another_model(tiny_model
     assert main(_argv(tiny_model_dir, synthetic_dir, out, "--backend", "faiss-ivfpq", "--nlist", "2", "--nprobe", "2",
                       "--m", "4", "--nbits", "3")) == 0  # fmt: skip
     manifest = json.loads((out / MANIFEST_FILE).read_text())
-    assert manifest["parameters"] == {"nlist": 2, "nprobe": 2, "m": 4, "nbits": 3} and not manifest["has_embeddings"]
+    assert manifest["parameters"] == {"nlist": 2, "nprobe": 2, "m": 4, "nbits": 3, "rerank": 0} and not manifest["has_embeddings"]
     model, processor = load_model_and_processor(tiny_model_dir, "cpu")
     index = CIRIndex.load(out, expect_model=model_fingerprint(model, processor))
     gallery = _gallery(synthetic_dir)
@@ -65,6 +65,21 @@ def test_ivfpq_index_records_its_parameters_and_refuses_another_model(tiny_model
         check_index(out, model_fingerprint=model_fingerprint(model, processor), embedding_dim=index.dim)
 
 
+def test_reranking_ivfpq_index_keeps_its_embeddings_and_ranks_exactly(tiny_model_dir, synthetic_dir, tmp_path, capsys):
+    pytest.importorskip("faiss")
+    out = tmp_path / "pq"
+    assert main(_argv(tiny_model_dir, synthetic_dir, out, "--backend", "faiss-ivfpq", "--nlist", "2", "--nprobe", "2",
+                      "--m", "4", "--nbits", "3", "--rerank", "100")) == 0  # fmt: skip
+    assert [path.name for path in tmp_path.iterdir()] == ["pq"]  # the spilled rows left nothing behind
+    manifest = json.loads((out / MANIFEST_FILE).read_text())
+    assert manifest["parameters"]["rerank"] == 100 and manifest["has_embeddings"]
+    index = CIRIndex.load(out)
+    queries = torch.nn.functional.normalize(torch.randn(4, index.dim, generator=torch.Generator().manual_seed(0)), dim=1)
+    # a shortlist of 100 k covers this small gallery: re-ranked IVF-PQ returns the exact ranking
+    exact = CIRIndex.build(index.embeddings.clone(), index.ids)
+    assert index.search(queries, 3).ids == exact.search(queries, 3).ids
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
@@ -73,6 +88,8 @@ def test_ivfpq_index_records_its_parameters_and_refuses_another_model(tiny_model
         (["--backend", "faiss-ivfpq", "--m", "5"], "m=5 must divide the embedding width"),
         (["--backend", "faiss-ivfpq", "--nbits", "8"], "nbits=8 trains 256 centroids .* gallery has \\d+ vectors"),
         (["--block-size", "0"], "--block-size must be >= 1"),
+        (["--backend", "faiss-hnsw", "--rerank", "4"], "rerank=4 applies to faiss-ivfpq only"),
+        (["--backend", "faiss-ivfpq", "--rerank", "4", "--keep-embeddings", "--nbits", "3", "--rerank", "-2"], "rerank=-2 must be 0"),
     ],
 )
 def test_bad_input_is_one_line_before_any_encoding(tiny_model_dir, synthetic_dir, tmp_path, capsys, monkeypatch, extra, message):

@@ -52,7 +52,7 @@ def test_ivfpq_records_its_parameters_and_round_trips_without_embeddings(tmp_pat
     assert not (folder / EMBEDDINGS_FILE).exists() and (folder / FAISS_FILE).is_file()
     manifest = json.loads((folder / MANIFEST_FILE).read_text())
     assert manifest["backend"] == "faiss-ivfpq" and manifest["embedding_dim"] == 24 and manifest["count"] == 3000
-    assert manifest["parameters"] == {"nlist": 16, "nprobe": 16, "m": 8, "nbits": 6}
+    assert manifest["parameters"] == {"nlist": 16, "nprobe": 16, "m": 8, "nbits": 6, "rerank": 0}
     assert manifest["source"]["model_fingerprint"] == "a" * 64 and manifest["source"]["config"] == "dress-gallery"
     loaded = CIRIndex.load(folder, expect_model="a" * 64, expect_dim=24)
     assert loaded.embeddings is None and loaded.dim == 24 and loaded.source == SOURCE
@@ -71,7 +71,7 @@ def test_ivfpq_codes_take_m_times_nbits_bits_a_vector(gallery):
     index = CIRIndex.build(embeddings, ids, backend="faiss-ivfpq", nlist=4, m=6, nbits=6)
     invlists = faiss.extract_index_ivf(index._faiss_index).invlists
     assert invlists.code_size == 5  # 6 codes of 6 bits (36 bits), against 24 * 4 = 96 bytes of fp32
-    assert index.options.parameters() == {"nlist": 4, "nprobe": 16, "m": 6, "nbits": 6}
+    assert index.options.parameters() == {"nlist": 4, "nprobe": 16, "m": 6, "nbits": 6, "rerank": 0}
 
 
 def test_defaults_are_chosen_from_the_gallery_and_recorded(gallery):
