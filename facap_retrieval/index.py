@@ -551,7 +551,10 @@ class CIRIndex:
         manifest = check_index(directory, model_fingerprint=expect_model, embedding_dim=expect_dim,
                                gallery_fingerprint=expect_gallery, model=model)  # fmt: skip
         saved = IndexOptions.from_record(manifest.backend, manifest.parameters)
-        wanted = IndexOptions.from_record(backend or manifest.backend, {**manifest.parameters, **options})
+        carried = dict(manifest.parameters)
+        if (backend or manifest.backend) != manifest.backend:
+            carried.pop("rerank", None)  # IVF-PQ's own: another backend does not inherit it
+        wanted = IndexOptions.from_record(backend or manifest.backend, {**carried, **options})
         rebuild = {k: v for k, v in asdict(wanted).items() if k not in SEARCH_PARAMETERS} != {
             k: v for k, v in asdict(saved).items() if k not in SEARCH_PARAMETERS
         }

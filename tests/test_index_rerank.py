@@ -64,6 +64,8 @@ def test_a_saved_reranking_index_maps_its_embeddings_and_searches_the_same(tmp_p
         assert _mapped(folder / EMBEDDINGS_FILE)  # read through a mapping, not into memory
     assert torch.equal(loaded.search(queries, 10).indices, built.search(queries, 10).indices)
     assert CIRIndex.load(folder, rerank=0).options.rerank == 0  # a search parameter: changed without a rebuild
+    exact = CIRIndex.load(folder, backend="exact")  # rebuilt from the kept rows; rerank is not carried over
+    assert exact.backend == "exact" and torch.equal(exact.search(queries, 10).indices, rank_gallery(queries, embeddings, 10).indices)
     with safe_open(folder / EMBEDDINGS_FILE, framework="pt") as handle:  # the streamed file is plain safetensors
         assert torch.equal(handle.get_tensor("embeddings"), embeddings)
 
