@@ -58,7 +58,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from facap_io.lists import int_list, parse_list  # noqa: E402
+from facap_io.lists import int_list, nonnegative_int_list  # noqa: E402
 from facap_retrieval.index import FAISS_FILE, CIRIndex, IndexBuilder, IndexOptions, top_k_overlap  # noqa: E402
 
 K_VALUES = (10, 50)
@@ -261,17 +261,6 @@ def encoding(work: Path, num_images: int, batch_size: int) -> dict:
             **runs, "speedup_2_vs_1": round(ratio, 3)}  # fmt: skip
 
 
-def rerank_list(text: str) -> list[int]:
-    """argparse `type=` for comma-separated rerank factors: 0 (off) or positive."""
-    try:
-        values = parse_list(text, int, what="integer")
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-    if min(values) < 0:
-        raise argparse.ArgumentTypeError(f"rerank factors are 0 (off) or positive, got {text!r}")
-    return values
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int_list, default=[100_000], help="gallery sizes, e.g. 100000,1000000")
@@ -285,7 +274,7 @@ def main() -> None:
     parser.add_argument("--m", type=int, help="PQ sub-quantizers (default: one byte per 3 dimensions)")
     parser.add_argument("--nbits", type=int, default=8)
     parser.add_argument("--rerank", type=int, default=20, help="IVF-PQ shortlist factor re-scored exactly (0: codes alone)")
-    parser.add_argument("--rerank-sweep", type=rerank_list, default=[0, 5, 10, 40],
+    parser.add_argument("--rerank-sweep", type=nonnegative_int_list, default=[0, 5, 10, 40],
                         help="other rerank factors to report (0: the codes alone)")  # fmt: skip
     parser.add_argument("--work-dir", type=Path, help="where the indexes are written (default: a temporary folder); "
                                                        "1M vectors need about 2 x 12 GB")  # fmt: skip

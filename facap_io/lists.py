@@ -33,10 +33,19 @@ def comma_list(text: str) -> list[str]:
 
 def int_list(text: str) -> list[int]:
     """argparse `type=` for comma-separated positive integers (recall cut-offs, batch sizes)."""
+    return _integers(text, minimum=1, what="positive integers")
+
+
+def nonnegative_int_list(text: str) -> list[int]:
+    """argparse `type=` for comma-separated integers >= 0 (factors where 0 means off)."""
+    return _integers(text, minimum=0, what="integers >= 0")
+
+
+def _integers(text: str, *, minimum: int, what: str) -> list[int]:
     try:
         values = parse_list(text, int, what="integer")
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
-    if min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    if min(values) < minimum:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
     return values
