@@ -25,8 +25,9 @@ accelerate launch --num_processes 1 --num_machines 1 --num_cpu_threads_per_proce
 
 echo "== 3/3 evaluating $OUT/run/best against the baselines and oracles"
 status=0
+# --trust-remote-code: the check loads the folder this script's training just wrote
 "$PYTHON" scripts/demo_report.py --model "$OUT/run/best" --dataset "$OUT/synthetic" --output "$OUT/report.json" \
-    || status=$?
+    --trust-remote-code || status=$?
 echo "demo finished in $(( $(date +%s) - started )) s; model: $OUT/run/best, report: $OUT/report.json," \
      "TensorBoard: tensorboard --logdir $OUT/run/logs"
 exit $status

@@ -1,8 +1,9 @@
 """The end of `make demo`: the trained model's recall next to the trivial baselines and the attribute oracles
-of the synthetic set, the demo's pass criteria, and a check that the saved folder loads with remote code.
+of the synthetic set, the demo's pass criteria, and, with `--trust-remote-code`, a check that the saved folder
+loads with remote code (it runs the folder's code, so only when asked: `make demo` asks for the folder it wrote).
 
     python scripts/demo_report.py --model ./demo_output/run/best --dataset ./demo_output/synthetic \
-        --output demo_output/report.json
+        --output demo_output/report.json [--trust-remote-code]
 
 Rows (each the mean over the categories, recalls in percent):
 - FashionBLIP-2: the trained model (facap_eval.evaluate, Fashion IQ protocol);
@@ -22,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from facap_io.lists import comma_list
 
 
 K_VALUES = (1, 5, 10, 50)
@@ -110,26 +113,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="saved model folder (e.g. OUT/best)")
     parser.add_argument("--dataset", required=True, help="the synthetic dataset folder")
-    parser.add_argument("--configs", default="dress,shirt,toptee")
+    parser.add_argument("--configs", type=comma_list, default=["dress", "shirt", "toptee"])
     parser.add_argument("--split", default="validation")
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--output", type=Path, help="write the rows and verdicts as JSON here")
+    parser.add_argument("--trust-remote-code", action="store_true",
+                        help="also load the folder with AutoModel(trust_remote_code=True), which runs its code")  # fmt: skip
     args = parser.parse_args(argv)
-    configs = args.configs.split(",")
+    configs = args.configs
 
     import facap_eval
+    from facap_io.atomic import write_json
 
     rows, results = model_rows(args.model, args.dataset, configs, args.split, args.batch_size)
     rows.update(oracle_rows(args.dataset, configs, args.split))
     verdicts = check_criteria(rows)
-    loaded = check_remote_code(args.model)
+    loaded = check_remote_code(args.model) if args.trust_remote_code else None
     print(f"\n{args.split} split of {args.dataset}, mean over {', '.join(configs)} (recall in %):\n")
     print(format_table(rows))
     print("\nper category (trained model):\n" + facap_eval.format_results_table(results))
     print("\n" + "\n".join(verdicts))
-    print(f"remote code: AutoModel.from_pretrained({args.model!r}, trust_remote_code=True) -> {loaded}")
+    if loaded is not None:
+        print(f"remote code: AutoModel.from_pretrained({args.model!r}, trust_remote_code=True) -> {loaded}")
     if args.output:
-        args.output.write_text(json.dumps({"rows": rows, "verdicts": verdicts, "results": results}, indent=2) + "\n")
+        write_json(args.output, {"rows": rows, "verdicts": verdicts, "results": results})
     return 0 if all(line.startswith("PASS") for line in verdicts) else 1
 
 
