@@ -56,7 +56,7 @@ def write_rows(path: str | os.PathLike, chunks: Iterable[torch.Tensor], shape: t
         raise RetrievalError(f"{path}: {written} rows written for a {tuple(shape)} tensor")
 
 
-def read_header(path: str | os.PathLike) -> tuple[dict, int]:
+def _read_header(path: str | os.PathLike) -> tuple[dict, int]:
     """The safetensors header of `path` and the byte offset where its data begins."""
     path = Path(path)
     size = path.stat().st_size
@@ -79,7 +79,7 @@ def read_header(path: str | os.PathLike) -> tuple[dict, int]:
 def map_rows(path: str | os.PathLike, *, key: str) -> tuple[np.ndarray, dict[str, str]]:
     """The tensor `key` of the safetensors file `path`, memory-mapped (copy-on-write), and the file's metadata.
     A file that is truncated, or whose tensor is not F32/F16, is a RetrievalError naming it."""
-    header, data_start = read_header(path)
+    header, data_start = _read_header(path)
     entry = header.get(key)
     if not isinstance(entry, dict) or entry.get("dtype") not in _NUMPY:
         raise RetrievalError(f"{path} holds no F32 or F16 tensor {key!r}")
